@@ -1,0 +1,254 @@
+"""Frozen configuration dataclasses with a JSON round trip.
+
+A model's configuration (network *and* preprocessing) is saved as JSON beside its weights, so
+inference always preprocesses exactly as training did and ``build_model(config)`` rebuilds the
+network. Sizes are ``(z, y, x)`` like every array in the project; the paper quotes them ``x × y × z``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+from flare_seg import __version__
+
+
+@dataclass(frozen=True)
+class IntensityConfig:
+    """HU / ``scale_hu`` clipped to ``clip``; voxels outside the image are ``pad_hu`` (seed 002, 2.1)."""
+
+    scale_hu: float = 2048.0
+    clip: tuple[float, float] = (-1.0, 1.0)
+    pad_hu: float = -1024.0
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """The network grid: target spacing and the valid sizes ``min..max`` in steps of ``multiple``.
+
+    If the image region does not fit ``size_max_zyx`` at ``spacing_mm``, the spacing grows
+    (isotropically, so shapes keep their proportions) until it does.
+    """
+
+    spacing_mm: float
+    size_min_zyx: tuple[int, int, int]
+    size_max_zyx: tuple[int, int, int]
+    size_multiple: int
+
+    def __post_init__(self) -> None:
+        for lo, hi in zip(self.size_min_zyx, self.size_max_zyx):
+            if lo % self.size_multiple or hi % self.size_multiple or lo > hi:
+                raise ValueError(
+                    f"grid sizes {self.size_min_zyx}..{self.size_max_zyx} must be multiples of "
+                    f"{self.size_multiple} with min <= max"
+                )
+
+
+@dataclass(frozen=True)
+class LocPreprocessConfig:
+    """Localization input: whole image, Gaussian sigma 3 mm, linear resampling to 6 mm.
+
+    Valid sizes x, y in {32, 48, 64, 80} and z in {32, 48, ..., 256}: five levels of ×2
+    pooling need multiples of 16.
+    """
+
+    grid: GridConfig = GridConfig(6.0, (32, 32, 32), (256, 80, 80), 16)
+    smoothing_sigma_mm: float = 3.0
+    intensity: IntensityConfig = IntensityConfig()
+
+
+@dataclass(frozen=True)
+class SegPreprocessConfig:
+    """Segmentation input: foreground box + up to ``margin_voxels`` (of the 2 mm grid) per side, at 2 mm.
+
+    Valid sizes are multiples of 32 (×4 pooling feeding a 4-level spatial U-Net) from 32 up to
+    x 160, y 128, z 160.
+    """
+
+    grid: GridConfig = GridConfig(2.0, (32, 32, 32), (160, 128, 160), 32)
+    margin_voxels: int = 16
+    largest_component_only: bool = False
+    intensity: IntensityConfig = IntensityConfig()
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """One U-Net: ``levels`` levels of ``filters`` filters (constant across levels)."""
+
+    levels: int = 5
+    filters: int = 32
+    dropout_rate: float = 0.1
+    leaky_alpha: float = 0.1
+
+
+@dataclass(frozen=True)
+class LocalizerConfig:
+    """The localization U-Net (637,474 parameters with the defaults) and its preprocessing."""
+
+    network: NetworkConfig = NetworkConfig(levels=5, filters=32)
+    num_labels: int = 2
+    preprocess: LocPreprocessConfig = LocPreprocessConfig()
+    dtype_policy: str = "float32"
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """The reduced SCN (1,270,090 parameters with the defaults) and its preprocessing.
+
+    ``combination``: how sigmoid(local) and sigmoid(spatial) make the final probability.
+    ``"multiply"`` is the SCN papers' product (the spatial net can only suppress spurious local
+    responses, never invent organs); ``"entropy_blend"`` follows the authors' FLARE code and
+    weights the two by the spatial net's normalised binary entropy.
+    """
+
+    local: NetworkConfig = NetworkConfig(levels=5, filters=32)
+    spatial: NetworkConfig = NetworkConfig(levels=4, filters=16)
+    spatial_downsample: int = 4
+    num_labels: int = 5
+    combination: str = "multiply"
+    preprocess: SegPreprocessConfig = SegPreprocessConfig()
+    dtype_policy: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.combination not in ("multiply", "entropy_blend"):
+            raise ValueError(f"combination must be 'multiply' or 'entropy_blend', got {self.combination!r}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random spatial and intensity augmentation (seed 002 Table 3; ranges of the authors' config).
+
+    No left-right mirroring: it would swap the liver and spleen sides.
+    """
+
+    translation_mm: float = 20.0
+    rotation_rad: float = 0.35
+    scale: float = 0.2
+    scale_per_axis: float = 0.1
+    elastic_grid: int = 8
+    elastic_mm: float = 15.0
+    intensity_shift: float = 0.2
+    intensity_scale: float = 0.2
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyper-parameters (seed 002 section 4.2: Adam 1e-4, batch 1, constant schedule, EMA)."""
+
+    steps: int = 100_000
+    learning_rate: float = 1e-4
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    loss_lambda_local: float = 1.0
+    loss_lambda_spatial: float = 1.0
+    mixed_precision: bool = False
+    clipnorm: float | None = None
+    weight_decay: float = 0.0
+    checkpoint_every: int = 500
+    validate_every: int = 500
+    seed: int = 0
+    #: Cap on the training grid (z, y, x); None uses the model's full valid-size range. A compute
+    #: compromise on CPU: the SCN then sees random crops of the ROI instead of the whole ROI.
+    train_size_max_zyx: tuple[int, int, int] | None = None
+    augment: AugmentConfig = AugmentConfig()
+    workers: int = 1
+    folds: int = 4
+    fold: int | None = None
+
+
+CONFIG_KINDS: dict[str, type] = {"localizer": LocalizerConfig, "segmenter": SegmenterConfig, "train": TrainConfig}
+
+
+def _from_value(tp, value):
+    """Rebuild ``value`` (parsed JSON) as type ``tp`` (dataclass, tuple, optional, or plain)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value)
+    if origin is typing.Union or origin is types.UnionType:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _from_value(args[0], value)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_from_value(args[0], v) for v in value)
+        return tuple(_from_value(a, v) for a, v in zip(args, value))
+    if tp is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def from_dict(cls: type, data: dict):
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys (a typo should not pass silently)."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} settings: {sorted(unknown)}")
+    return cls(**{k: _from_value(hints[k], v) for k, v in data.items()})
+
+
+def to_dict(config) -> dict:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def replace(config, **changes):
+    """``dataclasses.replace`` re-exported for convenience."""
+    return dataclasses.replace(config, **changes)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_config(config, path: str | os.PathLike, **extra) -> None:
+    """Save a config as JSON: ``{"kind", "flare_seg_version", "config", **extra}``."""
+    kinds = {cls: name for name, cls in CONFIG_KINDS.items()}
+    if type(config) not in kinds:
+        raise ValueError(f"cannot save config of type {type(config).__name__}")
+    payload = {"kind": kinds[type(config)], "flare_seg_version": __version__, "config": to_dict(config)}
+    payload.update(extra)
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+
+
+def load_config(path: str | os.PathLike):
+    """Load a config saved by :func:`save_config`; the ``kind`` field selects the dataclass."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: config file not found") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    kind = payload.get("kind")
+    if kind not in CONFIG_KINDS:
+        raise ValueError(f"{path}: unknown config kind {kind!r}; expected one of {sorted(CONFIG_KINDS)}")
+    try:
+        return from_dict(CONFIG_KINDS[kind], payload["config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: invalid {kind} config ({err})") from None
+
+
+__all__ = [
+    "AugmentConfig", "GridConfig", "IntensityConfig", "LocPreprocessConfig", "LocalizerConfig",
+    "NetworkConfig", "SegPreprocessConfig", "SegmenterConfig", "TrainConfig",
+    "from_dict", "load_config", "save_config", "to_dict", "replace", "atomic_write_text",
+]
