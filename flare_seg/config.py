@@ -156,9 +156,10 @@ class TrainConfig:
     checkpoint_every: int = 500
     validate_every: int = 500
     seed: int = 0
-    #: Cap on the training grid (z, y, x); None uses the model's full valid-size range. A compute
-    #: compromise on CPU: the SCN then sees random crops of the ROI instead of the whole ROI.
-    train_size_max_zyx: tuple[int, int, int] | None = None
+    #: Fixed training grid size (z, y, x); None trains on the whole ROI / image at its valid size
+    #: (the paper). A compute compromise on CPU: the networks then see random crops of the same
+    #: grid (same spacing), and a fixed size avoids re-tracing the train step per size.
+    train_size_zyx: tuple[int, int, int] | None = None
     augment: AugmentConfig = AugmentConfig()
     workers: int = 1
     folds: int = 4
@@ -213,6 +214,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,264 @@
+"""Training data: dataset discovery, validated loading, caching, folds and the two samplers.
+
+A case is cached once, in canonical orientation, cropped around the body and labels with a
+margin, at original resolution; each training sample is then produced by *one* resampling that
+applies the augmentation and the network spacing together (seed 002's approach). Sample ``i``
+of a run is drawn from ``numpy.random.default_rng([seed, i])``, so data are identical whether a
+run goes straight through or resumes, whatever the number of workers.
+
+This module imports neither TensorFlow nor SimpleITK at module level: phantom training on the JAX
+or PyTorch backend needs neither. Reading files (``load_case``) imports :mod:`flare_seg.io`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from flare_seg import augment, labels as flare_labels
+from flare_seg.config import LocPreprocessConfig, SegPreprocessConfig, TrainConfig, atomic_write_text
+from flare_seg.geometry import Geometry, to_canonical
+from flare_seg.preprocess import (GridRecord, bounding_box, loc_record, one_hot, scale_intensity, seg_record,
+                                  smooth_for_localizer)
+
+log = logging.getLogger(__name__)
+
+BODY_THRESHOLD_HU = -500.0
+
+
+@dataclass
+class TrainCase:
+    """One training case in canonical orientation: HU image, FLARE labels (same shape), spacing (z, y, x)."""
+
+    case_id: str
+    image_hu: np.ndarray
+    labels: np.ndarray
+    spacing_mm: tuple[float, float, float]
+
+
+# ----------------------------------------------------------------------------- discovery and loading
+
+
+def find_pairs(source: str | Path) -> list[tuple[str, Path, Path]]:
+    """``(case, image, label)`` triples from a FLARE/nnU-Net folder, a flat folder, or a JSON list of pairs.
+
+    FLARE layout: ``imagesTr/<case>_0000.nii.gz`` + ``labelsTr/<case>.nii.gz``. Flat: both in one
+    folder. JSON: ``[{"image": ..., "label": ...}, ...]`` or ``[[image, label], ...]`` (relative
+    paths are relative to the JSON file).
+    """
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: dataset not found")
+    if source.is_file():
+        return _pairs_from_json(source)
+    images_dir = source / "imagesTr" if (source / "imagesTr").is_dir() else source
+    labels_dir = source / "labelsTr" if (source / "labelsTr").is_dir() else source
+    pairs = []
+    for image in sorted(images_dir.glob("*_0000.nii.gz")):
+        case = image.name[: -len("_0000.nii.gz")]
+        label = labels_dir / f"{case}.nii.gz"
+        if not label.exists():
+            raise FileNotFoundError(f"{image}: no label file {label}")
+        pairs.append((case, image, label))
+    if not pairs:
+        raise ValueError(f"{source}: no training images (<case>_0000.nii.gz) found")
+    return pairs
+
+
+def _pairs_from_json(path: Path) -> list[tuple[str, Path, Path]]:
+    try:
+        entries = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    pairs = []
+    for entry in entries:
+        image, label = (entry["image"], entry["label"]) if isinstance(entry, dict) else entry
+        image, label = (p if Path(p).is_absolute() else path.parent / p for p in (image, label))
+        name = Path(image).name
+        case = name.split(".")[0].removesuffix("_0000")
+        pairs.append((case, Path(image), Path(label)))
+    return pairs
+
+
+def load_case(case_id: str, image_path, label_path, label_map=None, margin_mm: float = 40.0) -> TrainCase:
+    """Read, validate (same grid, labels 0-4), reorient and crop one case."""
+    from flare_seg import io
+
+    volume = io.read_ct(image_path)
+    labels, label_geometry, _ = io.read_image(label_path)
+    problem = volume.geometry.mismatch(label_geometry)
+    if problem:
+        raise ValueError(f"{case_id}: image and label grids differ: {problem} ({label_path})")
+    if label_map is not None:
+        labels = flare_labels.map_labels(labels, label_map)
+    elif labels.size and (labels.min() < 0 or labels.max() > 4):
+        raise ValueError(f"{label_path}: label values {labels.min()}..{labels.max()} outside 0-4 "
+                         "(use a label mapping for AMOS/TotalSegmentator label sets)")
+    return make_case(case_id, volume.array, labels.astype(np.uint8), volume.geometry, margin_mm)
+
+
+def make_case(case_id: str, image_hu, labels, geometry: Geometry, margin_mm: float = 40.0) -> TrainCase:
+    """Canonical orientation + crop to body and labels with ``margin_mm`` (a cached training case)."""
+    image, canon, _ = to_canonical(np.asarray(image_hu), geometry)
+    labels, _, _ = to_canonical(np.asarray(labels), geometry)
+    crop = body_crop(image, labels, canon.spacing_mm, margin_mm)
+    image = np.ascontiguousarray(image[crop])
+    image = image.astype(np.int16) if np.issubdtype(image.dtype, np.integer) else image.astype(np.float32)
+    return TrainCase(case_id, image, np.ascontiguousarray(labels[crop], dtype=np.uint8), canon.spacing_mm)
+
+
+def body_crop(image, labels, spacing_mm, margin_mm) -> tuple[slice, slice, slice]:
+    """Slices covering voxels above -500 HU (the body) and all labels, plus a margin."""
+    box = bounding_box((image > BODY_THRESHOLD_HU) | (labels > 0))
+    if box is None:
+        return (slice(None),) * 3
+    margin = [int(math.ceil(margin_mm / s)) for s in spacing_mm]
+    return tuple(slice(max(lo - m, 0), min(hi + m + 1, n))
+                 for lo, hi, m, n in zip(box[0], box[1], margin, image.shape))
+
+
+# ----------------------------------------------------------------------------- folds
+
+
+def make_folds(case_ids: list[str], k: int, seed: int) -> dict:
+    """A seeded split of ``case_ids`` into ``k`` folds: ``{"seed", "folds": [[case, ...], ...]}``."""
+    if k < 2 or k > len(case_ids):
+        raise ValueError(f"cannot split {len(case_ids)} cases into {k} folds")
+    order = np.random.default_rng(seed).permutation(len(case_ids))
+    folds = [sorted(case_ids[i] for i in order[f::k]) for f in range(k)]
+    return {"seed": seed, "folds": folds}
+
+
+def save_folds(folds: dict, path) -> None:
+    atomic_write_text(path, json.dumps(folds, indent=2) + "\n")
+
+
+def split_fold(cases: list[TrainCase], folds: dict, fold: int) -> tuple[list[TrainCase], list[TrainCase]]:
+    """Training and validation cases of fold ``fold`` (0-based)."""
+    if not 0 <= fold < len(folds["folds"]):
+        raise ValueError(f"fold {fold} out of range 0..{len(folds['folds']) - 1}")
+    held = set(folds["folds"][fold])
+    return [c for c in cases if c.case_id not in held], [c for c in cases if c.case_id in held]
+
+
+# ----------------------------------------------------------------------------- samplers
+
+
+def _crop_record(record: GridRecord, size_zyx, rng: np.random.Generator | None) -> GridRecord:
+    """A ``size_zyx`` grid at the same spacing inside (or around) ``record``'s grid.
+
+    The crop centre is drawn uniformly where the crop stays inside the region (the centre when
+    ``rng`` is None); a region smaller than the crop is centred in it.
+    """
+    size = np.asarray(size_zyx)
+    full = np.asarray(record.output_shape)
+    slack = np.maximum(full - size, 0) / 2.0
+    offset = rng.uniform(-slack, slack) if rng is not None else np.zeros(3)
+    centre_out = (full - 1) / 2.0 + offset
+    centre_in = np.asarray(record.start) + centre_out * np.asarray(record.step)
+    start = centre_in - (size - 1) / 2.0 * np.asarray(record.step)
+    return GridRecord(record.input_shape, tuple(int(n) for n in size), record.spacing_mm,
+                      tuple(float(v) for v in start), record.step)
+
+
+class _Sampler:
+    """Shared sampling: a base grid per case, optional fixed-size crop, one warp for image and labels."""
+
+    num_labels: int
+
+    def __init__(self, cases: list[TrainCase], train: TrainConfig, intensity):
+        if not cases:
+            raise ValueError("no training cases")
+        self.cases = cases
+        self.train = train
+        self.intensity = intensity
+
+    def base_record(self, case_index: int) -> GridRecord:
+        raise NotImplementedError
+
+    def image_source(self, case_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(array to sample, its spacing, coordinate scale/offset from original index space)."""
+        raise NotImplementedError
+
+    def target(self, labels: np.ndarray) -> np.ndarray:
+        return one_hot(labels, self.num_labels)
+
+    def sample(self, index: int, augment_data: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``index``: ``(image (Z, Y, X) float32, one-hot target (Z, Y, X, C))``.
+
+        With ``augment_data=False`` the case is ``index % len(cases)`` and the crop is centred
+        (deterministic validation samples).
+        """
+        rng = np.random.default_rng([self.train.seed, index]) if augment_data else None
+        case_index = int(rng.integers(len(self.cases))) if rng is not None else index % len(self.cases)
+        case = self.cases[case_index]
+        record = self.base_record(case_index)
+        if self.train.train_size_zyx is not None:
+            record = _crop_record(record, self.train.train_size_zyx, rng)
+        cfg = self.train.augment if augment_data else augment.AugmentConfig(enabled=False)
+        transform = augment.random_transform(rng, cfg) if rng is not None else augment.SpatialTransform.identity()
+        coords = augment.sample_coordinates(record, case.spacing_mm, transform)
+        labels = augment.warp(case.labels, coords, order=0, cval=0)
+        image, scale, offset = self.image_source(case_index)
+        if scale is not None:
+            coords = (coords - offset[:, None, None, None]) / scale[:, None, None, None]
+        x = augment.warp(image, coords, order=1, cval=self.intensity.pad_hu)
+        x = scale_intensity(x, self.intensity)
+        if rng is not None:
+            x = augment.augment_intensity(rng, x, cfg, self.intensity.clip)
+        return x, self.target(labels)
+
+
+class SegSampler(_Sampler):
+    """SCN samples: the ground-truth box of all organs (+ margin) at 2 mm (seed 002, Table 3)."""
+
+    def __init__(self, cases, train: TrainConfig, preprocess: SegPreprocessConfig, num_labels: int = 5):
+        super().__init__(cases, train, preprocess.intensity)
+        self.preprocess = preprocess
+        self.num_labels = num_labels
+        self._records = {}
+
+    def base_record(self, case_index: int) -> GridRecord:
+        if case_index not in self._records:
+            case = self.cases[case_index]
+            box = bounding_box(case.labels > 0)
+            if box is None:  # no organ: the whole cached region
+                box = ((0, 0, 0), tuple(n - 1 for n in case.labels.shape))
+            self._records[case_index] = seg_record(box, case.labels.shape, case.spacing_mm, self.preprocess)
+        return self._records[case_index]
+
+    def image_source(self, case_index):
+        return self.cases[case_index].image_hu, None, None
+
+
+class LocSampler(_Sampler):
+    """Localizer samples: the whole image at 6 mm, foreground = any organ (two channels).
+
+    The image is cached smoothed and block-averaged exactly as :func:`flare_seg.preprocess.loc_input`
+    does it, so the warp from that cache is the only resampling.
+    """
+
+    num_labels = 2
+
+    def __init__(self, cases, train: TrainConfig, preprocess: LocPreprocessConfig):
+        super().__init__(cases, train, preprocess.intensity)
+        self.preprocess = preprocess
+        self._smoothed = [self._smooth(case) for case in cases]
+
+    def _smooth(self, case: TrainCase):
+        small, factors = smooth_for_localizer(case.image_hu, case.spacing_mm, self.preprocess.smoothing_sigma_mm)
+        return small, factors.astype(np.float32), ((factors - 1) / 2.0).astype(np.float32)
+
+    def base_record(self, case_index: int) -> GridRecord:
+        case = self.cases[case_index]
+        return loc_record(case.labels.shape, case.spacing_mm, self.preprocess)
+
+    def image_source(self, case_index):
+        return self._smoothed[case_index]
+
+    def target(self, labels):
+        return one_hot((labels > 0).astype(np.uint8), 2)

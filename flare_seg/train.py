@@ -1,0 +1,421 @@
+"""The training loop: one long ``fit()`` with callbacks, EMA weights, atomic checkpoints, resume.
+
+Backend-neutral (TensorFlow, JAX or PyTorch under Keras 3): data come from a ``PyDataset``,
+the EMA lives in the optimizer (:class:`flare_seg.ema.AdamEMA`), and validation and checkpoints
+are callbacks. Keras copies the EMA weights into the model when ``fit()`` ends; during the run,
+callbacks swap them in and out explicitly.
+
+A run folder holds: ``config.json`` (model, loadable by inference), ``train_config.json``,
+``model.weights.h5`` (EMA weights, updated at every checkpoint), ``checkpoint/`` (raw and EMA
+weights, optimizer state, dropout seed states, step), ``train_log.csv``, ``curves.png``,
+``carbon.json`` and, for cross-validation, ``folds.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from flare_seg import __version__
+from flare_seg.config import LocalizerConfig, SegmenterConfig, TrainConfig, atomic_write_text, save_config, to_dict
+from flare_seg.data import LocSampler, SegSampler, TrainCase
+from flare_seg.labels import NAMES
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint"
+WEIGHTS = "model.weights.h5"
+
+
+@dataclass
+class RunPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def train_config(self) -> Path:
+        return self.root / "train_config.json"
+
+    @property
+    def weights(self) -> Path:
+        return self.root / WEIGHTS
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / CHECKPOINT
+
+    @property
+    def log_csv(self) -> Path:
+        return self.root / "train_log.csv"
+
+    @property
+    def curves(self) -> Path:
+        return self.root / "curves.png"
+
+
+def make_sampler(model_config, train_config: TrainConfig, cases: list[TrainCase]):
+    if isinstance(model_config, LocalizerConfig):
+        return LocSampler(cases, train_config, model_config.preprocess)
+    if isinstance(model_config, SegmenterConfig):
+        return SegSampler(cases, train_config, model_config.preprocess, model_config.num_labels)
+    raise ValueError(f"cannot train a model of config type {type(model_config).__name__}")
+
+
+def output_names(model_config) -> tuple[str, ...]:
+    return ("logits",) if isinstance(model_config, LocalizerConfig) else ("prob", "local", "spatial")
+
+
+def compile_model(model, model_config, train_config: TrainConfig):
+    """Attach the paper's losses and Adam + EMA (optionally with loss scaling for mixed precision)."""
+    import keras
+
+    from flare_seg import losses
+    from flare_seg.ema import AdamEMA
+
+    optimizer = AdamEMA(
+        learning_rate=train_config.learning_rate, beta_1=train_config.beta_1, beta_2=train_config.beta_2,
+        ema_momentum=train_config.ema_decay, ema_warmup=train_config.ema_warmup,
+        clipnorm=train_config.clipnorm, weight_decay=train_config.weight_decay or None,
+    )
+    if train_config.mixed_precision:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    if isinstance(model_config, LocalizerConfig):
+        loss, weights = {"logits": losses.softmax_generalized_dice_loss}, {"logits": 1.0}
+    else:
+        loss, weights = losses.scn_losses(train_config.loss_lambda_local, train_config.loss_lambda_spatial)
+    model.compile(optimizer=optimizer, loss=loss, loss_weights=weights, jit_compile=False)
+    optimizer.build(model.trainable_variables)
+    return model
+
+
+# ----------------------------------------------------------------------------- data pipeline
+
+
+def make_dataset(sampler, names: tuple[str, ...], start_step: int, num_steps: int, workers: int):
+    """A ``keras.utils.PyDataset`` yielding sample ``start_step + i`` as batch ``i`` (batch size 1)."""
+    import keras
+
+    class _Samples(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=max(1, workers), use_multiprocessing=False, max_queue_size=4)
+            self.sample_seconds = 0.0
+            self.samples = 0
+
+        def __len__(self):
+            return num_steps
+
+        def __getitem__(self, index):
+            t0 = time.perf_counter()
+            x, y = sampler.sample(start_step + int(index))
+            self.sample_seconds += time.perf_counter() - t0
+            self.samples += 1
+            target = y[None]
+            return x[None, ..., None], {name: target for name in names}
+
+    return _Samples()
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _seed_variables(model) -> list:
+    """Dropout seed-generator states (so a resumed run draws the same dropout masks)."""
+    found = []
+    for layer in model._flatten_layers(include_self=False):
+        generator = getattr(layer, "seed_generator", None)
+        if generator is not None:
+            found.append(generator.state)
+    return found
+
+
+def save_checkpoint(paths: RunPaths, model, step: int, extra: dict | None = None) -> None:
+    """Write raw + EMA weights, optimizer state, seed states and the step, atomically (folder swap)."""
+    from keras import ops
+
+    from flare_seg.ema import swap_ema_weights
+
+    tmp = paths.root / f".{CHECKPOINT}.{uuid.uuid4().hex[:8]}.partial"
+    tmp.mkdir()
+    try:
+        model.save_weights(tmp / "raw.weights.h5")
+        swap_ema_weights(model, model.optimizer)
+        try:
+            model.save_weights(tmp / "ema.weights.h5")
+        finally:
+            swap_ema_weights(model, model.optimizer)
+        np.savez(tmp / "optimizer.npz", *[ops.convert_to_numpy(v) for v in model.optimizer.variables])
+        np.savez(tmp / "seeds.npz", *[ops.convert_to_numpy(v) for v in _seed_variables(model)])
+        state = {"step": int(step), "flare_seg_version": __version__, "time": time.time(), **(extra or {})}
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        old = paths.root / f".{CHECKPOINT}.old"
+        if paths.checkpoint.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(paths.checkpoint, old)
+        os.replace(tmp, paths.checkpoint)
+        shutil.rmtree(old, ignore_errors=True)
+        weights_tmp = paths.root / f".model.{uuid.uuid4().hex[:8]}.weights.h5"
+        shutil.copyfile(paths.checkpoint / "ema.weights.h5", weights_tmp)
+        os.replace(weights_tmp, paths.weights)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def find_checkpoint(paths: RunPaths) -> Path | None:
+    """The newest complete checkpoint (a crash mid-swap leaves ``.checkpoint.old``)."""
+    for candidate in (paths.checkpoint, paths.root / f".{CHECKPOINT}.old"):
+        if (candidate / "state.json").exists():
+            return candidate
+    return None
+
+
+def load_checkpoint(paths: RunPaths, model) -> int:
+    """Restore a run's checkpoint into a compiled ``model``; returns the step it was taken at."""
+    folder = find_checkpoint(paths)
+    if folder is None:
+        raise FileNotFoundError(f"{paths.root}: no checkpoint to resume from")
+    model.load_weights(folder / "raw.weights.h5")
+    with np.load(folder / "optimizer.npz") as saved:
+        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    if len(values) != len(model.optimizer.variables):
+        raise ValueError(f"{folder}: optimizer state has {len(values)} variables, model needs "
+                         f"{len(model.optimizer.variables)} (different model or optimizer settings?)")
+    for var, value in zip(model.optimizer.variables, values):
+        var.assign(value)
+    with np.load(folder / "seeds.npz") as saved:
+        for var, key in zip(_seed_variables(model), sorted(saved.files, key=lambda k: int(k[4:]))):
+            var.assign(saved[key])
+    return int(json.loads((folder / "state.json").read_text())["step"])
+
+
+# ----------------------------------------------------------------------------- validation and logs
+
+
+def validate(model, sampler, model_config, num_cases: int) -> dict[str, float]:
+    """Mean DSC per label on deterministic (un-augmented) validation samples, on the network grid."""
+    from flare_seg.metrics import dice
+
+    names = output_names(model_config)
+    scores: dict[str, list[float]] = {}
+    for i in range(num_cases):
+        x, y = sampler.sample(i, augment_data=False)
+        out = model.predict_on_batch(x[None, ..., None])
+        pred = np.argmax(np.asarray(out[names[0]])[0], axis=-1)
+        truth = np.argmax(y, axis=-1)
+        labels = (1,) if isinstance(model_config, LocalizerConfig) else tuple(range(1, y.shape[-1]))
+        for label in labels:
+            name = "foreground" if isinstance(model_config, LocalizerConfig) else NAMES[label]
+            scores.setdefault(name, []).append(dice(pred == label, truth == label))
+    return {f"val_dsc_{k}": float(np.mean(v)) for k, v in scores.items()}
+
+
+def _read_log(path: Path, up_to_step: int) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as fh:
+        return [row for row in csv.DictReader(fh) if int(row["step"]) <= up_to_step]
+
+
+def write_log(path: Path, rows: list[dict]) -> None:
+    """The training log as CSV (atomically), columns from all rows."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    tmp = path.with_name(f".{path.name}.partial")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def plot_curves(rows: list[dict], path: Path) -> None:
+    """PNG of training loss and validation DSC against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [int(r["step"]) for r in rows]
+    fig, (ax_loss, ax_dsc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(steps, [float(r["loss"]) for r in rows], marker=".")
+    ax_loss.set(xlabel="step", ylabel="training loss (interval mean)", title="loss")
+    for key in (k for k in rows[0] if k.startswith("val_dsc_")) if rows else ():
+        ax_dsc.plot(steps, [float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows],
+                    marker=".", label=key[len("val_dsc_"):])
+    ax_dsc.set(xlabel="step", ylabel="DSC (EMA weights)", ylim=(0, 1), title="validation")
+    if ax_dsc.lines:
+        ax_dsc.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.partial.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    log_rows: list[dict] = field(default_factory=list)
+    steps_per_second: float = 0.0
+    samples_per_second: float = 0.0
+
+
+def _callbacks(run, paths, model_config, train_config, val_sampler, num_val, dataset, start_step, rows):
+    import keras
+
+    from flare_seg.ema import swap_ema_weights
+
+    class Monitor(keras.callbacks.Callback):
+        """Progress, interval loss, validation on EMA weights, checkpoints, CSV and PNG."""
+
+        def __init__(self):
+            super().__init__()
+            self.losses: dict[str, list[float]] = {}
+            self.t_start = time.perf_counter()
+            self.t_interval = time.perf_counter()
+            self.steps_interval = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            step = start_step + batch + 1
+            for key, value in (logs or {}).items():
+                self.losses.setdefault(key, []).append(float(value))
+            self.steps_interval += 1
+            run.progress(step, logs or {}, dataset)
+            if step % train_config.validate_every == 0 or step % train_config.checkpoint_every == 0 \
+                    or step == train_config.steps:
+                self._log_row(step)
+            if step % train_config.checkpoint_every == 0 or step == train_config.steps:
+                save_checkpoint(paths, self.model, step)
+                write_log(paths.log_csv, rows)
+                plot_curves(rows, paths.curves)
+
+        def _log_row(self, step):
+            elapsed = time.perf_counter() - self.t_interval
+            row = {"step": step, **{k: float(np.mean(v)) for k, v in self.losses.items()},
+                   "steps_per_s": self.steps_interval / max(elapsed, 1e-9),
+                   "samples_per_s": dataset.samples / max(dataset.sample_seconds, 1e-9)}
+            if val_sampler is not None and step % train_config.validate_every == 0:
+                model = self.model
+                swap_ema_weights(model, model.optimizer)
+                try:
+                    row.update(validate(model, val_sampler, model_config, num_val))
+                finally:
+                    swap_ema_weights(model, model.optimizer)
+                log.info("step %d: %s", step, ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "step"))
+            if rows and int(rows[-1]["step"]) == step:
+                rows[-1].update(row)
+            else:
+                rows.append(row)
+            self.losses = {}
+            self.t_interval = time.perf_counter()
+            self.steps_interval = 0
+
+    return [Monitor()]
+
+
+class _Progress:
+    """tqdm bar over steps with loss, steps/s and samples/s."""
+
+    def __init__(self, start: int, total: int, enabled: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=start, unit="step", disable=not enabled, dynamic_ncols=True)
+
+    def progress(self, step, logs, dataset):
+        self.bar.update(1)
+        postfix = {"loss": f"{float(logs.get('loss', np.nan)):.4f}"}
+        if dataset.samples:
+            postfix["samples/s"] = f"{dataset.samples / max(dataset.sample_seconds, 1e-9):.2f}"
+        self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self):
+        self.bar.close()
+
+
+def train(
+    model_config,
+    train_config: TrainConfig,
+    train_cases: list[TrainCase],
+    run_dir: str | Path,
+    *,
+    val_cases: list[TrainCase] | None = None,
+    resume: bool = False,
+    init_weights: str | Path | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model_config``'s network on ``train_cases`` into ``run_dir`` (see the module docstring)."""
+    import keras
+
+    from flare_seg.models import build_model
+
+    paths = RunPaths(Path(run_dir))
+    paths.root.mkdir(parents=True, exist_ok=True)
+    if resume and find_checkpoint(paths) is None:
+        raise FileNotFoundError(f"{paths.root}: --resume given but no checkpoint found")
+    if not resume and find_checkpoint(paths) is not None:
+        raise ValueError(f"{paths.root}: holds a checkpoint already; use --resume or another folder")
+    save_config(model_config, paths.config)
+    atomic_write_text(paths.train_config, json.dumps(to_dict(train_config), indent=2) + "\n")
+    keras.utils.set_random_seed(train_config.seed)
+    model = compile_model(build_model(model_config), model_config, train_config)
+    start_step = 0
+    if resume:
+        start_step = load_checkpoint(paths, model)
+        log.info("resuming %s at step %d", paths.root, start_step)
+    elif init_weights is not None:
+        model.load_weights(init_weights)
+        swap_ema_weights_init(model)
+        log.info("initialised from %s", init_weights)
+    rows = _read_log(paths.log_csv, start_step)
+    remaining = train_config.steps - start_step
+    sampler = make_sampler(model_config, train_config, train_cases)
+    val_sampler = make_sampler(model_config, train_config, val_cases) if val_cases else None
+    result = TrainResult(paths.root, start_step, rows)
+    if remaining <= 0:
+        log.info("%s: already at step %d of %d", paths.root, start_step, train_config.steps)
+        return result
+    dataset = make_dataset(sampler, output_names(model_config), start_step, remaining, train_config.workers)
+    run = _Progress(start_step, train_config.steps, progress)
+    callbacks = _callbacks(run, paths, model_config, train_config, val_sampler,
+                           len(val_cases or []), dataset, start_step, rows)
+    t0 = time.perf_counter()
+    try:
+        model.fit(dataset, epochs=1, verbose=0, callbacks=callbacks, shuffle=False)  # order = sample index
+    finally:
+        run.close()
+    elapsed = time.perf_counter() - t0
+    # fit() has copied the EMA weights into the model: this file holds the EMA weights.
+    model.save_weights(paths.weights)
+    write_log(paths.log_csv, rows)
+    if rows:
+        plot_curves(rows, paths.curves)
+    result.step = train_config.steps
+    result.steps_per_second = remaining / max(elapsed, 1e-9)
+    result.samples_per_second = dataset.samples / max(dataset.sample_seconds, 1e-9)
+    return result
+
+
+def swap_ema_weights_init(model) -> None:
+    """After loading initial weights, start the EMA from them too (not from the random init)."""
+    from flare_seg.ema import ema_variables
+
+    inner = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    for var, average in zip(inner._trainable_variables, ema_variables(model.optimizer)):
+        if average is not None:
+            average.assign(var)
