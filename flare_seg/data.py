@@ -22,7 +22,8 @@ import numpy as np
 from flare_seg import augment, labels as flare_labels
 from flare_seg.config import LocPreprocessConfig, SegPreprocessConfig, TrainConfig, atomic_write_text
 from flare_seg.geometry import Geometry, to_canonical
-from flare_seg.preprocess import (GridRecord, bounding_box, loc_record, one_hot, scale_intensity, seg_record,
+from flare_seg.preprocess import (GridRecord, bounding_box, clamp_padding, loc_record, one_hot, scale_intensity,
+                                  seg_record,
                                   smooth_for_localizer)
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def load_case(case_id: str, image_path, label_path, label_map=None, margin_mm: f
 
 def make_case(case_id: str, image_hu, labels, geometry: Geometry, margin_mm: float = 40.0) -> TrainCase:
     """Canonical orientation + crop to body and labels with ``margin_mm`` (a cached training case)."""
-    image, canon, _ = to_canonical(np.asarray(image_hu), geometry)
+    image, canon, _ = to_canonical(clamp_padding(np.asarray(image_hu)), geometry)
     labels, _, _ = to_canonical(np.asarray(labels), geometry)
     crop = body_crop(image, labels, canon.spacing_mm, margin_mm)
     image = np.ascontiguousarray(image[crop])

@@ -11,6 +11,8 @@ Decisions (documented in ``docs/architecture.md``):
 * A header claiming exactly 1 x 1 x 1 mm is suspicious in abdominal CT (FLARE21 has such files
   whose true spacing differs); it gives a warning, and ``unit_spacing_fix`` substitutes a spacing
   (the paper's code used the FLARE mean 0.8145 x 0.8145 x 2.528 mm).
+* Values below -1024 HU (scanner padding, e.g. GE's -3024 outside the field of view) are set to
+  -1024 HU, the value the paper pads with, so "outside the scan" looks like air to the networks.
 * Outputs are written atomically: a temporary file in the same folder whose name ends in the
   output's suffix (SimpleITK picks the writer by suffix) but never in ``_0000.nii.gz``, then a rename.
 """
@@ -27,6 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from flare_seg.geometry import Geometry
+from flare_seg.preprocess import clamp_padding
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +195,7 @@ def read_ct(
     pixel_type = str(array.dtype)
     if array.size == 0:
         raise ValueError(f"{path}: image has no voxels (size {geometry.shape[::-1]})")
-    array = _fix_nonfinite(array, path, nonfinite, warnings)
+    array = clamp_padding(_fix_nonfinite(array, path, nonfinite, warnings), PAD_HU)
     geometry = _check_unit_spacing(geometry, path, unit_spacing_fix, warnings)
     return Volume(array=array, geometry=geometry, path=str(path), pixel_type=pixel_type, warnings=warnings)
 

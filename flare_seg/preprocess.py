@@ -56,6 +56,16 @@ def scale_intensity(hu: np.ndarray, cfg: IntensityConfig) -> np.ndarray:
     return np.clip(out, cfg.clip[0], cfg.clip[1], out=out)
 
 
+def clamp_padding(array_hu: np.ndarray, pad_hu: float = -1024.0) -> np.ndarray:
+    """Values below ``pad_hu`` (scanner padding such as GE's -3024 outside the field of view) -> ``pad_hu``.
+
+    Returns ``array_hu`` itself when nothing is below (no copy), else a clamped copy.
+    """
+    if array_hu.size == 0 or array_hu.min() >= pad_hu:
+        return array_hu
+    return np.maximum(array_hu, np.asarray(pad_hu).astype(array_hu.dtype))
+
+
 def choose_grid(extent_mm, grid: GridConfig) -> tuple[tuple[int, int, int], float]:
     """The smallest valid grid size covering ``extent_mm`` at ``grid.spacing_mm`` (grown if needed)."""
     spacing = float(grid.spacing_mm)
@@ -221,8 +231,9 @@ def box_in_input(mask: np.ndarray, record: GridRecord, largest_component_only: b
         return None
     lo_out, hi_out = np.asarray(box[0]), np.asarray(box[1])
     start, step = np.asarray(record.start), np.asarray(record.step)
-    lo = np.floor(start + (lo_out - 0.5) * step + 1e-6)
-    hi = np.ceil(start + (hi_out + 0.5) * step - 1e-6)
+    # input voxels whose centres lie inside the outer faces of the extreme grid voxels
+    lo = np.ceil(start + (lo_out - 0.5) * step - 1e-6)
+    hi = np.floor(start + (hi_out + 0.5) * step + 1e-6)
     top = np.asarray(record.input_shape) - 1
     lo = np.clip(lo, 0, top).astype(int)
     hi = np.clip(hi, 0, top).astype(int)

@@ -1,0 +1,344 @@
+"""Inference: one case (from a file or from arrays in memory) and a list of cases.
+
+read CT -> canonical orientation -> localizer at 6 mm -> foreground box (+ margin) -> SCN at 2 mm
+in the box -> labels back on the input grid -> write. Models are rebuilt from the config JSON
+beside their weights and loaded once per :class:`Segmenter`; each network is compiled once per
+valid input size. Every stage is timed into the case's report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from flare_seg import __version__
+from flare_seg.config import LocalizerConfig, SegmenterConfig, load_config, replace
+from flare_seg.geometry import Geometry, from_canonical, to_canonical
+from flare_seg.instrument import StageTimer, peak_rss_bytes
+from flare_seg.labels import NAMES, ORGANS
+from flare_seg.preprocess import (Box, GridRecord, box_in_input, clamp_padding, loc_input, seg_input,
+                                  to_input_grid)
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.weights.h5"
+CONFIG_FILE = "config.json"
+
+
+def default_model_dir() -> Path:
+    """The bundled weights: ``flare_seg/bundled_weights`` when installed, ``weights/`` in a checkout."""
+    try:
+        from importlib import resources
+
+        path = Path(str(resources.files("flare_seg.bundled_weights")))
+        if (path / "seg" / CONFIG_FILE).exists():
+            return path
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parents[1] / "weights"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class LoadedModel:
+    config: object
+    model: object
+    predict: object
+    weights_sha256: str
+    folder: str
+
+
+def load_model(folder: str | Path, expected: type, dtype_policy: str | None = None) -> LoadedModel:
+    """Rebuild a network from ``folder/config.json`` and load ``folder/model.weights.h5`` (sha256-checked)."""
+    from flare_seg.models import build_model
+    from flare_seg.runtime import compiled_predictor
+
+    folder = Path(folder)
+    config = load_config(folder / CONFIG_FILE)
+    if not isinstance(config, expected):
+        raise ValueError(f"{folder / CONFIG_FILE}: holds a {type(config).__name__}, expected {expected.__name__}")
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: weights file not found")
+    sha = sha256_of(weights)
+    sha_file = folder / f"{WEIGHTS_FILE}.sha256"
+    if sha_file.exists() and sha_file.read_text().split()[0] != sha:
+        raise ValueError(f"{weights}: sha256 {sha[:12]}… does not match {sha_file.name} (corrupted or replaced)")
+    if dtype_policy is not None:
+        config = replace(config, dtype_policy=dtype_policy)
+    model = build_model(config)
+    model.load_weights(weights)
+    return LoadedModel(config, model, compiled_predictor(model), sha, str(folder))
+
+
+@dataclass
+class SegmentOptions:
+    """Options of one segmentation (beyond the models)."""
+
+    resample_mode: str = "linear"
+    largest_component_only: bool | None = None  # None: as the segmenter's config says
+
+
+@dataclass
+class CaseResult:
+    """Labels on the input grid (input orientation, uint8) and the case's report."""
+
+    labels: np.ndarray
+    report: dict = field(default_factory=dict)
+
+
+def _box_report(box: Box | None, geometry: Geometry, input_shape) -> dict | None:
+    if box is None:
+        return None
+    lo, hi = np.asarray(box[0]), np.asarray(box[1])
+    touches = bool(np.any(lo == 0) or np.any(hi == np.asarray(input_shape) - 1))
+    corners = [geometry.index_to_physical(lo - 0.5).tolist(), geometry.index_to_physical(hi + 0.5).tolist()]
+    return {"index_lo_zyx": lo.tolist(), "index_hi_zyx": hi.tolist(),
+            "size_mm_zyx": ((hi - lo + 1) * np.asarray(geometry.spacing_mm)).round(2).tolist(),
+            "corners_mm_lps": [[round(v, 2) for v in c] for c in corners], "touches_border": touches}
+
+
+def _grid_report(x: np.ndarray, record: GridRecord) -> dict:
+    return {"input_shape_zyx": list(x.shape), "spacing_mm": record.spacing_mm[0]}
+
+
+class Segmenter:
+    """The two networks, loaded once; :meth:`segment` runs the pipeline on one volume."""
+
+    def __init__(self, loc: LoadedModel, seg: LoadedModel, device_info=None):
+        self.loc = loc
+        self.seg = seg
+        self.device_info = device_info
+
+    @classmethod
+    def load(cls, model_dir: str | Path | None = None, *, device: str = "auto", memory="growth",
+             fp16: bool = False, threads: int | None = None) -> "Segmenter":
+        """Configure the device, then load ``model_dir/loc`` and ``model_dir/seg`` (default: bundled)."""
+        from flare_seg.runtime import configure_device
+
+        info = configure_device(device, memory, threads)
+        policy = "mixed_float16" if fp16 and info.device == "gpu" else None
+        if fp16 and info.device != "gpu":
+            log.warning("fp16 applies on a GPU only; running float32 on the CPU")
+        model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
+        loc = load_model(model_dir / "loc", LocalizerConfig, policy)
+        seg = load_model(model_dir / "seg", SegmenterConfig, policy)
+        return cls(loc, seg, info)
+
+    def provenance(self) -> dict:
+        info = self.device_info.to_dict() if self.device_info else {}
+        return {"flare_seg_version": __version__, "weights_sha256": {"loc": self.loc.weights_sha256,
+                "seg": self.seg.weights_sha256}, "model_dir": str(Path(self.seg.folder).parent), **info}
+
+    def _run(self, loaded: LoadedModel, x: np.ndarray, name: str, report: dict) -> dict:
+        from flare_seg.runtime import allocator_peak_bytes
+
+        allocator_peak_bytes(reset=True)
+        out = loaded.predict(x[None, ..., None])
+        report.setdefault("allocator_peak_bytes", {})[name] = allocator_peak_bytes()
+        return out
+
+    def segment(self, array_hu: np.ndarray, geometry: Geometry, options: SegmentOptions | None = None,
+                timer: StageTimer | None = None) -> CaseResult:
+        """Segment a ``(z, y, x)`` HU array lying on ``geometry``; labels come back on the same grid."""
+        options = options or SegmentOptions()
+        timer = timer or StageTimer()
+        report: dict = {"warnings": [], "notes": []}
+        with timer.stage("loc_preprocess"):
+            canon, canon_geometry, orient = to_canonical(clamp_padding(array_hu), geometry)
+            spacing = canon_geometry.spacing_mm
+            x_loc, loc_record = loc_input(canon, spacing, self.loc.config.preprocess)
+        report["localizer"] = _grid_report(x_loc, loc_record)
+        with timer.stage("loc_predict"):
+            logits = self._run(self.loc, x_loc, "loc", report)["logits"][0]
+        with timer.stage("roi"):
+            mask = np.argmax(logits, axis=-1) > 0
+            largest = options.largest_component_only
+            if largest is None:
+                largest = self.seg.config.preprocess.largest_component_only
+            box = box_in_input(mask, loc_record, largest)
+        report["box"] = _box_report(box, canon_geometry, canon.shape)
+        if box is None:
+            report["notes"].append("localizer found no organ: all-background label map")
+            report["organ_volumes_ml"] = {NAMES[o]: 0.0 for o in ORGANS}
+            return CaseResult(np.zeros(array_hu.shape, dtype=np.uint8), report)
+        if report["box"]["touches_border"]:
+            report["warnings"].append("organ box touches the image border: organs may be cut off by the field of view")
+        with timer.stage("seg_preprocess"):
+            x_seg, seg_record = seg_input(canon, spacing, box, self.seg.config.preprocess)
+        report["segmenter"] = _grid_report(x_seg, seg_record)
+        with timer.stage("seg_predict"):
+            prob = self._run(self.seg, x_seg, "seg", report)["prob"][0]
+        with timer.stage("to_input_grid"):
+            labels = np.ascontiguousarray(from_canonical(to_input_grid(prob, seg_record, mode=options.resample_mode), orient))
+        counts = np.bincount(labels.ravel(), minlength=len(NAMES))
+        report["organ_volumes_ml"] = {NAMES[o]: round(float(counts[o]) * geometry.voxel_volume_ml, 2) for o in ORGANS}
+        return CaseResult(labels, report)
+
+
+def segment(array_hu: np.ndarray, spacing_mm, *, segmenter: Segmenter | None = None, model_dir=None,
+            origin_mm=(0.0, 0.0, 0.0), direction=None, options: SegmentOptions | None = None) -> np.ndarray:
+    """Segment an in-memory ``(z, y, x)`` HU array with ``spacing_mm`` ``(z, y, x)``; returns uint8 labels.
+
+    Convenience wrapper: pass a loaded ``segmenter`` to avoid reloading the models per call.
+    """
+    segmenter = segmenter or Segmenter.load(model_dir)
+    geometry = Geometry(tuple(array_hu.shape), tuple(float(s) for s in spacing_mm), tuple(origin_mm),
+                        tuple(direction) if direction is not None else Geometry(array_hu.shape, (1, 1, 1)).direction)
+    return segmenter.segment(np.asarray(array_hu), geometry, options).labels
+
+
+def segment_file(segmenter: Segmenter, volume, output_path: str | Path, options: SegmentOptions | None = None,
+                 timer: StageTimer | None = None, qc_path: str | Path | None = None) -> dict:
+    """Segment a read :class:`flare_seg.io.Volume`, write the label map atomically; returns the report."""
+    from flare_seg import io
+
+    timer = timer or StageTimer()
+    result = segmenter.segment(volume.array, volume.geometry, options, timer)
+    with timer.stage("write"):
+        io.write_labels(result.labels, volume.geometry, output_path)
+    report = result.report
+    report["warnings"] = list(volume.warnings) + report["warnings"]
+    if qc_path is not None:
+        with timer.stage("qc"):
+            from flare_seg.qc import overlay_png
+
+            overlay_png(volume.array, result.labels, volume.geometry, qc_path, title=Path(output_path).name)
+        report["qc_png"] = str(qc_path)
+    return report
+
+
+# ----------------------------------------------------------------------------- many cases
+
+
+@dataclass
+class Job:
+    """One case: input (file or DICOM folder) -> output file; ``error`` set when refused up front."""
+
+    input: Path
+    output: Path
+    case: str
+    error: str | None = None
+
+
+def output_name(path: Path) -> str:
+    """``<case>_0000.nii.gz`` -> ``<case>.nii.gz``; ``<name>.<ext>`` -> ``<name>.nii.gz``; folder -> ``<folder>.nii.gz``."""
+    from flare_seg.io import case_name
+
+    return f"{case_name(path)}.nii.gz"
+
+
+def plan_jobs(inp: str | Path, out: str | Path) -> list[Job]:
+    """Input file, DICOM folder or folder of images -> jobs, with FLARE naming and collision checks.
+
+    ``out`` is a folder, or with a single input a file ending in an image suffix (written exactly
+    there). An output that would overwrite an input, or another case's output, refuses that case.
+    """
+    from flare_seg import io
+
+    inp, out = Path(inp), Path(out)
+    if not inp.exists():
+        raise FileNotFoundError(f"{inp}: input not found")
+    if inp.is_file() or io.is_dicom_folder(inp):
+        if inp.is_file() and not io.image_suffix(inp):
+            raise ValueError(f"{inp}: not an image file (expected {', '.join(io.IMAGE_SUFFIXES)} or a DICOM folder)")
+        target = out if io.image_suffix(out) and not out.is_dir() else out / output_name(inp)
+        return _check_collisions([Job(inp, target, io.case_name(inp))], {inp.resolve()})
+    inputs = sorted(p for p in inp.iterdir() if (p.is_file() and io.image_suffix(p) and not p.name.startswith(".")))
+    inputs += sorted(p for p in inp.iterdir() if p.is_dir() and io.is_dicom_folder(p))
+    skipped = sorted(p.name for p in inp.iterdir() if p.is_file() and not io.image_suffix(p))
+    if skipped:
+        log.warning("%s: ignoring %d non-image file(s): %s", inp, len(skipped), ", ".join(skipped[:5]))
+    if not inputs:
+        raise ValueError(f"{inp}: folder holds no images ({', '.join(io.IMAGE_SUFFIXES)}) or DICOM series")
+    if io.image_suffix(out) and not out.is_dir():
+        raise ValueError(f"{out}: a single output file was given but {inp} holds {len(inputs)} inputs; give a folder")
+    jobs = [Job(p, out / output_name(p), io.case_name(p)) for p in inputs]
+    return _check_collisions(jobs, {p.resolve() for p in inputs})
+
+
+def _check_collisions(jobs: list[Job], input_paths: set) -> list[Job]:
+    seen: dict = {}
+    for job in jobs:
+        target = job.output.resolve()
+        if target in input_paths:
+            job.error = f"{job.input}: output {job.output} would overwrite an input; choose another output folder"
+        elif target in seen:
+            job.error = f"{job.input}: output {job.output} is also the output of {seen[target]}; rename one input"
+        else:
+            seen[target] = job.input
+    return jobs
+
+
+def run_jobs(segmenter: Segmenter, jobs: list[Job], *, options: SegmentOptions | None = None,
+             skip_existing: bool = False, qc_dir: Path | None = None, read_kwargs: dict | None = None,
+             progress: bool = True) -> list[dict]:
+    """Run jobs in order, reading the next case in a background thread while this one is predicted.
+
+    A failing case gets a record with its error (one line naming the file); the others still run.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from flare_seg import io
+
+    read_kwargs = read_kwargs or {}
+    todo = []
+    records = []
+    for job in jobs:
+        if job.error:
+            records.append({"case": job.case, "input": str(job.input), "status": "error", "error": job.error})
+            log.error(job.error)
+        elif skip_existing and job.output.exists():
+            records.append({"case": job.case, "input": str(job.input), "output": str(job.output), "status": "skipped"})
+        else:
+            todo.append(job)
+
+    def read(job: Job):
+        t0 = time.perf_counter()
+        return io.read_ct(job.input, **read_kwargs), time.perf_counter() - t0
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reader") as pool:
+        pending = pool.submit(read, todo[0]) if todo else None
+        for i, job in enumerate(tqdm(todo, unit="case", disable=not progress)):
+            future, pending = pending, (pool.submit(read, todo[i + 1]) if i + 1 < len(todo) else None)
+            records.append(_run_one(segmenter, job, future, options, qc_dir))
+    return records
+
+
+def _run_one(segmenter, job: Job, future, options, qc_dir) -> dict:
+    record = {"case": job.case, "input": str(job.input), "output": str(job.output)}
+    timer = StageTimer()
+    t0 = time.perf_counter()
+    try:
+        volume, read_seconds = future.result()
+        timer.add("read", read_seconds)
+        qc_path = (qc_dir / f"{job.case}.png") if qc_dir is not None else None
+        report = segment_file(segmenter, volume, job.output, options, timer, qc_path)
+        record.update(status="ok", **report)
+        record["input_geometry"] = volume.geometry.to_dict()
+        log.info("%s -> %s (%.2f s)", job.input.name, job.output, time.perf_counter() - t0)
+    except (ValueError, FileNotFoundError, PermissionError, OSError, RuntimeError, MemoryError) as err:
+        message = (str(err).splitlines() or [type(err).__name__])[0]
+        if str(job.input) not in message:
+            message = f"{job.input}: {message}"
+        record.update(status="error", error=message)
+        log.error("%s", message)
+    record["seconds"] = timer.as_dict()
+    record["seconds_total"] = round(time.perf_counter() - t0, 4)
+    record["peak_rss_bytes"] = peak_rss_bytes()
+    return record

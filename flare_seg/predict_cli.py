@@ -1,0 +1,136 @@
+"""``flare-seg predict -i IN -o OUT``: arguments -> :mod:`flare_seg.predict`, plus the JSON report.
+
+Exit codes: 0 all cases written, 1 some case failed (the others were still written), 2 nothing
+could start (bad arguments, missing input, unwritable output folder, unreadable weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _memory_mode(text: str):
+    if text in ("growth", "async"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected growth, async or a limit in MB, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"GPU memory limit must be positive, got {value}")
+    return value
+
+
+def _spacing_fix(text: str):
+    from flare_seg.io import FLARE_MEAN_SPACING_XYZ
+
+    if text == "flare":
+        return FLARE_MEAN_SPACING_XYZ
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected 'flare' or three positive numbers x,y,z in mm, got {text!r}")
+    return values
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-i", "--input", type=Path, required=True,
+                   help="CT file (.nii.gz, .nii, .nrrd, .mha, .mhd), DICOM folder, or folder of images")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="output folder (<case>.nii.gz per input), or a .nii.gz file for a single input")
+    p.add_argument("-m", "--model-dir", type=Path, help="folder with loc/ and seg/ (default: bundled weights)")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="default: GPU if usable")
+    p.add_argument("--fp16", action="store_true", help="float16 inference on the GPU")
+    p.add_argument("--gpu-memory", type=_memory_mode, default="growth", metavar="MODE",
+                   help="growth (default), async (cuda_malloc_async) or a hard limit in MB")
+    p.add_argument("--threads", type=int, help="CPU threads for the network (default: all cores)")
+    p.add_argument("--report", type=Path, help="write a JSON report (per case: stage times, memory, box, volumes)")
+    p.add_argument("--qc", nargs="?", const=True, default=None, metavar="DIR",
+                   help="write a QC PNG per case (axial + coronal overlay), into DIR (default OUT/qc)")
+    p.add_argument("--skip-existing", action="store_true", help="skip cases whose output exists (resume a run)")
+    p.add_argument("--resample", choices=("linear", "nearest"), default="linear",
+                   help="back to the input grid: linear probabilities (default, more exact) or nearest labels")
+    p.add_argument("--largest-component", action="store_true", help="box from the largest localized component only")
+    p.add_argument("--nonfinite", choices=("replace", "error"), default="replace",
+                   help="NaN/inf voxels: replace by -1024 HU with a warning (default) or fail the case")
+    p.add_argument("--unit-spacing-fix", type=_spacing_fix, metavar="X,Y,Z|flare",
+                   help="spacing to use when a header claims exactly 1x1x1 mm ('flare': 0.8145,0.8145,2.528)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _summary(records: list[dict], wall_seconds: float, sampler_result: dict | None) -> dict:
+    ok = [r for r in records if r["status"] == "ok"]
+    totals = [r["seconds_total"] for r in ok]
+    return {"cases": len(records), "ok": len(ok), "failed": sum(r["status"] == "error" for r in records),
+            "skipped": sum(r["status"] == "skipped" for r in records), "wall_seconds": round(wall_seconds, 3),
+            "mean_case_seconds": round(sum(totals) / len(totals), 3) if totals else None,
+            "memory": sampler_result}
+
+
+def _print_table(records: list[dict]) -> None:
+    print(f"{'case':<28} {'status':<8} {'seconds':>8}  liver   kidney  spleen  pancreas (ml)")
+    for r in records:
+        vols = r.get("organ_volumes_ml") or {}
+        cols = "  ".join(f"{vols.get(k, float('nan')):7.1f}" for k in ("liver", "kidney", "spleen", "pancreas"))
+        seconds = r.get("seconds_total")
+        print(f"{r['case'][:28]:<28} {r['status']:<8} {seconds if seconds is not None else '':>8} {cols if vols else ''}")
+        if r.get("error"):
+            print(f"  error: {r['error']}")
+
+
+def run(args) -> int:
+    from flare_seg import io
+    from flare_seg.config import atomic_write_text
+    from flare_seg.instrument import MemorySampler
+    from flare_seg.predict import Segmenter, SegmentOptions, plan_jobs, run_jobs
+
+    jobs = plan_jobs(args.input, args.output)
+    out_dir = jobs[0].output.parent if len(jobs) == 1 else args.output
+    io.ensure_writable_folder(out_dir)
+    qc_dir = None
+    if args.qc is not None:
+        qc_dir = io.ensure_writable_folder(out_dir / "qc" if args.qc is True else Path(args.qc))
+    t0 = time.perf_counter()
+    segmenter = Segmenter.load(args.model_dir, device=args.device, memory=args.gpu_memory, fp16=args.fp16,
+                               threads=args.threads)
+    load_seconds = time.perf_counter() - t0
+    options = SegmentOptions(resample_mode=args.resample,
+                             largest_component_only=True if args.largest_component else None)
+    read_kwargs = {"nonfinite": args.nonfinite, "unit_spacing_fix": args.unit_spacing_fix}
+    with MemorySampler() as sampler:
+        records = run_jobs(segmenter, jobs, options=options, skip_existing=args.skip_existing, qc_dir=qc_dir,
+                           read_kwargs=read_kwargs, progress=not args.no_progress)
+    summary = _summary(records, time.perf_counter() - t0, sampler.result())
+    summary["model_load_seconds"] = round(load_seconds, 3)
+    if args.report:
+        payload = {"provenance": segmenter.provenance(), "summary": summary, "cases": records}
+        atomic_write_text(args.report, json.dumps(payload, indent=2, default=_json_default) + "\n")
+    _print_table(records)
+    return 1 if summary["failed"] else 0
+
+
+def _json_default(value):
+    import numpy as np
+
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def main(argv=None) -> int:
+    """Entry of ``inference/predict.py``: ``flare-seg predict`` with the same arguments."""
+    import sys
+
+    from flare_seg.cli import main as cli_main
+
+    return cli_main(["predict"] + list(argv if argv is not None else sys.argv[1:]))

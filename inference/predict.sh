@@ -1,0 +1,21 @@
+#!/bin/sh
+# FLARE container entry point, run by the organisers as `sh predict.sh` in /workspace.
+# Reads /workspace/inputs/<case>_0000.nii.gz, writes /workspace/outputs/<case>.nii.gz.
+# Outside the container: sh inference/predict.sh INPUT_DIR OUTPUT_DIR [extra flare-seg predict options]
+# Never sets CUDA_VISIBLE_DEVICES: the organisers choose the GPU with `docker run --gpus`.
+set -eu
+
+input_dir="${1:-/workspace/inputs}"
+output_dir="${2:-/workspace/outputs}"
+if [ "$#" -ge 2 ]; then
+    shift 2
+else
+    shift "$#"
+fi
+script_dir=$(dirname "$0")
+
+# TensorFlow: allocate GPU memory as needed instead of reserving the whole card.
+TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+export TF_CPP_MIN_LOG_LEVEL
+
+exec python3 "$script_dir/predict.py" -i "$input_dir" -o "$output_dir" --gpu-memory growth --no-progress "$@"

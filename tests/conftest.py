@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny model configurations and weights, the shared real data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_file(relative: str) -> Path:
+    """A file of ``../shared/data``, or skip the test with the reason when it is absent."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"shared test data not available: {path}")
+    return path
+
+
+def tiny_configs():
+    """Small localizer/SCN configs (same structure, few filters, coarse grids) for fast tests."""
+    from flare_seg.config import (GridConfig, LocalizerConfig, LocPreprocessConfig, NetworkConfig,
+                                  SegmenterConfig, SegPreprocessConfig)
+
+    loc = LocalizerConfig(network=NetworkConfig(levels=3, filters=4),
+                          preprocess=LocPreprocessConfig(grid=GridConfig(12.0, (16, 16, 16), (64, 32, 32), 16)))
+    seg = SegmenterConfig(local=NetworkConfig(levels=3, filters=4), spatial=NetworkConfig(levels=2, filters=4),
+                          preprocess=SegPreprocessConfig(grid=GridConfig(6.0, (32, 32, 32), (64, 64, 64), 32),
+                                                         margin_voxels=2))
+    return loc, seg
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A model folder (loc/, seg/) with randomly initialised tiny networks and sha256 files."""
+    import keras
+
+    from flare_seg.config import save_config
+    from flare_seg.models import build_model
+    from flare_seg.predict import sha256_of
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    keras.utils.set_random_seed(0)
+    for name, config in zip(("loc", "seg"), tiny_configs()):
+        folder = root / name
+        folder.mkdir()
+        save_config(config, folder / "config.json")
+        build_model(config).save_weights(folder / "model.weights.h5")
+        (folder / "model.weights.h5.sha256").write_text(sha256_of(folder / "model.weights.h5") + "\n")
+    return root
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
