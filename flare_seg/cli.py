@@ -34,7 +34,8 @@ def setup_logging(verbosity: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; only the subcommand named in ``argv`` gets its module imported (fast start-up)."""
     parser = argparse.ArgumentParser(
         prog="flare-seg",
         description="Fast, low-memory abdominal organ segmentation in CT (liver, kidney, spleen, pancreas). "
@@ -42,20 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"flare-seg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = next((a for a in (argv or []) if not a.startswith("-")), None)
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("-q", "--quiet", action="store_const", const=-1, dest="verbosity", default=0,
                        help="only warnings and errors")
         p.add_argument("-v", "--verbose", action="store_const", const=1, dest="verbosity",
                        help="debug logging")
-        module = importlib.import_module(module_name)
-        module.add_arguments(p)
-        p.set_defaults(run=module.run)
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     setup_logging(args.verbosity)
     try:

@@ -28,6 +28,8 @@ from flare_seg.preprocess import (Box, GridRecord, box_in_input, clamp_padding, 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.weights.h5"
+#: A volume thinner than this along an axis is processed, with a warning.
+THIN_VOLUME_MM = 30.0
 CONFIG_FILE = "config.json"
 
 
@@ -162,6 +164,11 @@ class Segmenter:
             spacing = canon_geometry.spacing_mm
             x_loc, loc_record = loc_input(canon, spacing, self.loc.config.preprocess)
         report["localizer"] = _grid_report(x_loc, loc_record)
+        thin = [f"{n} voxels ({e:.0f} mm) along {axis}" for axis, n, e in
+                zip("zyx", canon.shape, canon_geometry.extent_mm) if e < THIN_VOLUME_MM]
+        if thin:
+            report["warnings"].append(f"thin volume: {', '.join(thin)}; organs are likely cut off and "
+                                      "the localizer sees little context")
         with timer.stage("loc_predict"):
             logits = self._run(self.loc, x_loc, "loc", report)["logits"][0]
         with timer.stage("roi"):
@@ -324,9 +331,9 @@ def _run_one(segmenter, job: Job, future, options, qc_dir) -> dict:
     record = {"case": job.case, "input": str(job.input), "output": str(job.output)}
     timer = StageTimer()
     t0 = time.perf_counter()
+    read_seconds = None
     try:
-        volume, read_seconds = future.result()
-        timer.add("read", read_seconds)
+        volume, read_seconds = future.result()  # read in the background, overlapping the previous case
         qc_path = (qc_dir / f"{job.case}.png") if qc_dir is not None else None
         report = segment_file(segmenter, volume, job.output, options, timer, qc_path)
         record.update(status="ok", **report)
@@ -338,7 +345,8 @@ def _run_one(segmenter, job: Job, future, options, qc_dir) -> dict:
             message = f"{job.input}: {message}"
         record.update(status="error", error=message)
         log.error("%s", message)
-    record["seconds"] = timer.as_dict()
+    record["seconds"] = {"read": round(read_seconds, 4), **timer.as_dict()} if read_seconds is not None \
+        else timer.as_dict()
     record["seconds_total"] = round(time.perf_counter() - t0, 4)
     record["peak_rss_bytes"] = peak_rss_bytes()
     return record

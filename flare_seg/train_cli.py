@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="Z,Y,X", help="phantom array size (default 64,160,160)")
     p.add_argument("--synthetic-spacing", type=_triple, default=(5.0, 2.5, 2.5), metavar="Z,Y,X",
                    help="phantom spacing in mm (default 5,2.5,2.5)")
+    p.add_argument("--synthetic-vary", action="store_true",
+                   help="randomize each phantom's spacing (x0.7-1.4), z extent (40-100 %%) and field-of-view shift")
+    p.add_argument("--synthetic-chest", type=float, default=0.0, metavar="FRACTION",
+                   help="fraction of phantoms viewing the chest above the diaphragm (no organs; teaches the "
+                        "localizer to find nothing there)")
     p.add_argument("--val-data", type=Path, help="validation dataset (folder or JSON)")
     p.add_argument("--val-synthetic", type=int, default=0, metavar="N", help="N held-out validation phantoms")
     p.add_argument("--folds", type=int, help="split the data into K seeded folds (paper: 4); saved as folds.json")
@@ -108,22 +114,51 @@ def _model_config(args, train_config: TrainConfig):
     return config
 
 
-def synthetic_cases(count: int, seed: int, stream: int, shape, spacing_mm) -> list:
-    """``count`` phantoms, alternating parametric and AMOS-label-map mode, from seed stream ``stream``."""
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """How phantoms are drawn: base shape/spacing, per-phantom variation, share of chest-only views."""
+
+    shape_zyx: tuple = (64, 160, 160)
+    spacing_mm: tuple = (5.0, 2.5, 2.5)
+    vary: bool = False
+    chest_fraction: float = 0.0
+
+
+def _phantom_view(rng: np.random.Generator, spec: SyntheticSpec, chest: bool):
+    """Shape, spacing and field-of-view shift of one phantom (domain randomization when ``spec.vary``)."""
+    shape, spacing = np.asarray(spec.shape_zyx), np.asarray(spec.spacing_mm, dtype=float)
+    shift = np.zeros(3)
+    if spec.vary:
+        spacing = spacing * rng.uniform(0.7, 1.4, size=3)
+        spacing[2] = spacing[1]  # square pixels in-plane
+        shape = np.maximum(np.round(shape * np.asarray(spec.spacing_mm) / spacing), 8).astype(int)
+        shape[0] = max(8, int(shape[0] * rng.uniform(0.4, 1.0)))
+        shift = np.array([rng.uniform(-60, 60), rng.uniform(-15, 15), rng.uniform(-20, 20)])
+    if chest:
+        shift[0] = rng.uniform(200, 260)  # the view starts above the diaphragm dome
+    return tuple(int(n) for n in shape), tuple(float(s) for s in spacing), tuple(float(v) for v in shift)
+
+
+def synthetic_cases(count: int, seed: int, stream: int, spec: SyntheticSpec) -> list:
+    """``count`` phantoms from seed stream ``stream``: parametric, every other one around the bundled
+    AMOS label map, and a ``spec.chest_fraction`` share of chest-only views (no organs)."""
     from flare_seg import phantom
     from flare_seg.data import make_case
     from flare_seg.geometry import Geometry
 
     cases = []
     amos = phantom_label_map()
+    n_chest = int(round(count * spec.chest_fraction))
     for i in range(count):
         rng = np.random.default_rng([seed, stream, i])
-        if i % 2 == 1 and amos is not None:
+        chest = i >= count - n_chest
+        if i % 2 == 1 and amos is not None and not chest:
             ct, labels = phantom.phantom_from_label_map(rng, amos[0], amos[1], source="amos")
             case_spacing = amos[1]
         else:
-            ct, labels = phantom.make_phantom(rng, shape_zyx=tuple(shape), spacing_mm=tuple(spacing_mm))
-            case_spacing = tuple(spacing_mm)
+            shape, case_spacing, shift = _phantom_view(rng, spec, chest)
+            ct, labels = phantom.make_phantom(rng, shape_zyx=shape, spacing_mm=case_spacing,
+                                              field_of_view_shift_mm=shift)
         geometry = Geometry(ct.shape, tuple(float(s) for s in case_spacing))
         cases.append(make_case(f"phantom_s{stream}_{i:04d}", ct, labels, geometry))
     return cases
@@ -157,11 +192,12 @@ def _cases(args, cfg: TrainConfig):
     from flare_seg.data import make_folds, save_folds, split_fold
 
     cases = _load_dataset(args.data, args.label_map)
-    cases += synthetic_cases(args.synthetic, cfg.seed, TRAIN_STREAM, args.synthetic_shape, args.synthetic_spacing)
+    spec = SyntheticSpec(args.synthetic_shape, args.synthetic_spacing, args.synthetic_vary, args.synthetic_chest)
+    cases += synthetic_cases(args.synthetic, cfg.seed, TRAIN_STREAM, spec)
     if not cases:
         raise ValueError("no training data: give --data and/or --synthetic N")
     val = _load_dataset([args.val_data], args.label_map) if args.val_data else []
-    val += synthetic_cases(args.val_synthetic, cfg.seed, VAL_STREAM, args.synthetic_shape, args.synthetic_spacing)
+    val += synthetic_cases(args.val_synthetic, cfg.seed, VAL_STREAM, replace(spec, chest_fraction=0.0))
     if cfg.fold is not None:
         folds_path = args.out / "folds.json"
         if folds_path.exists():

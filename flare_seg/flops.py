@@ -1,0 +1,23 @@
+"""Floating-point operations of a forward pass, counted as the paper does (2 x MAC of convolutions)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def conv_flops(model, input_shape_zyx) -> int:
+    """2 x multiply-accumulates of every 3-D convolution for one ``(z, y, x)`` single-channel input.
+
+    Output shapes come from a symbolic pass (no computation), so any size can be counted.
+    """
+    import keras
+
+    convs = [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, keras.layers.Conv3D)]
+    probe = keras.Model(model.inputs, [layer.output for layer in convs])
+    specs = probe.compute_output_spec(keras.KerasTensor((1, *input_shape_zyx, 1)))
+    total = 0
+    for layer, spec in zip(convs, specs):
+        kernel = layer.kernel.shape  # (kz, ky, kx, c_in, c_out)
+        voxels = int(np.prod(spec.shape[1:4]))
+        total += 2 * int(np.prod(kernel)) * voxels
+    return total

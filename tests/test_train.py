@@ -1,0 +1,197 @@
+"""Training: EMA (warm-up, raw vs EMA, saved file), exact resume, learning, data validation, folds, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import keras
+
+from conftest import tiny_configs
+from flare_seg import augment, data, train as training
+from flare_seg.config import AugmentConfig, TrainConfig, replace
+from flare_seg.data import TrainCase
+from flare_seg.ema import AdamEMA
+from flare_seg.geometry import Geometry
+from flare_seg.models import build_model
+
+
+def blob_case(i: int, rng) -> TrainCase:
+    """A small body with four organ blobs at plausible sides (liver low x, spleen high x)."""
+    z, y, x = np.mgrid[:40, :48, :48]
+    image = np.full((40, 48, 48), -1000, np.int16)
+    labels = np.zeros((40, 48, 48), np.uint8)
+    image[((y - 24) / 20) ** 2 + ((x - 24) / 20) ** 2 < 1] = 0
+    c = rng.uniform(-3, 3, 3)
+    for label, (cz, cy, cx, r, hu) in enumerate([(20, 20, 15, 7, 100), (14, 30, 34, 4, 180),
+                                                 (24, 28, 36, 5, 60), (18, 18, 28, 3, 40)], 1):
+        mask = (z - cz - c[0]) ** 2 + (y - cy - c[1]) ** 2 + (x - cx - c[2]) ** 2 < r * r
+        labels[mask], image[mask] = label, hu
+    return TrainCase(f"blob{i}", image, labels, (4.0, 4.0, 4.0))
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    rng = np.random.default_rng(0)
+    return [blob_case(i, rng) for i in range(4)]
+
+
+def seg_setup(**train_overrides):
+    _, seg = tiny_configs()
+    seg = replace(seg, preprocess=replace(seg.preprocess, grid=replace(seg.preprocess.grid, spacing_mm=4.0)))
+    train = TrainConfig(steps=20, learning_rate=1e-3, checkpoint_every=10, validate_every=10,
+                        train_size_zyx=(32, 32, 32), augment=AugmentConfig(enabled=False))
+    return seg, replace(train, **train_overrides)
+
+
+def _weights(path, config):
+    model = build_model(config)
+    model.load_weights(path)
+    return [w.numpy() for w in model.weights]
+
+
+def _max_diff(a, b):
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
+
+
+def test_ema_decay_warm_up():
+    opt = AdamEMA(ema_momentum=0.999)
+    var = keras.Variable(np.zeros(3, "float32"))
+    opt.build([var])
+    assert float(opt.ema_decay()) == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+    opt.apply([np.ones(3, "float32")], [var])
+    # Adam moves the variable by -lr (first step, unit gradient); the EMA keeps 0.1 of its start
+    new = var.numpy()
+    ema = opt._model_variables_moving_average[0].numpy()
+    np.testing.assert_allclose(ema, 0.9 * new, rtol=1e-5)
+    opt.iterations.assign(100_000)
+    assert float(opt.ema_decay()) == pytest.approx(0.999)
+    assert float(AdamEMA(ema_momentum=0.99, ema_warmup=False).ema_decay()) == pytest.approx(0.99)
+
+
+def test_resume_gives_identical_weights_and_the_saved_file_holds_ema(tmp_path, blobs):
+    seg, train = seg_setup()
+    training.train(seg, train, blobs[:3], tmp_path / "straight", val_cases=blobs[3:], progress=False)
+    training.train(seg, replace(train, steps=10), blobs[:3], tmp_path / "split", progress=False)
+    training.train(seg, train, blobs[:3], tmp_path / "split", val_cases=blobs[3:], resume=True, progress=False)
+    straight = _weights(tmp_path / "straight" / "model.weights.h5", seg)
+    resumed = _weights(tmp_path / "split" / "model.weights.h5", seg)
+    assert _max_diff(straight, resumed) == 0.0  # deterministic CPU kernels, seeded data and dropout
+    raw = _weights(tmp_path / "straight" / "checkpoint" / "raw.weights.h5", seg)
+    ema = _weights(tmp_path / "straight" / "checkpoint" / "ema.weights.h5", seg)
+    assert _max_diff(raw, ema) > 1e-4  # raw and EMA weights differ during training
+    assert _max_diff(straight, ema) == 0.0  # model.weights.h5 holds the EMA weights
+    rows = list(__import__("csv").DictReader(open(tmp_path / "split" / "train_log.csv")))
+    assert [int(r["step"]) for r in rows] == [10, 20]
+    assert (tmp_path / "straight" / "curves.png").stat().st_size > 1000
+
+
+def test_existing_checkpoint_needs_resume(tmp_path, blobs):
+    seg, train = seg_setup(steps=2, checkpoint_every=2, validate_every=2)
+    training.train(seg, train, blobs[:1], tmp_path / "r", progress=False)
+    with pytest.raises(ValueError, match="--resume"):
+        training.train(seg, train, blobs[:1], tmp_path / "r", progress=False)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        training.train(seg, train, blobs[:1], tmp_path / "fresh", resume=True, progress=False)
+
+
+def test_a_tiny_scn_learns(tmp_path, blobs):
+    seg, train = seg_setup(steps=300, validate_every=150, checkpoint_every=150)
+    result = training.train(seg, train, blobs[:3], tmp_path / "learn", val_cases=blobs[3:], progress=False)
+    first, last = result.log_rows[0], result.log_rows[-1]
+    organs = ("liver", "kidney", "spleen", "pancreas")
+    start = np.mean([float(first[f"val_dsc_{o}"]) for o in organs])
+    end = np.mean([float(last[f"val_dsc_{o}"]) for o in organs])
+    assert end > 0.6 and end > start + 0.3, (start, end)
+    assert float(last["loss"]) < float(first["loss"])
+
+
+def test_localizer_trains_and_validates(tmp_path, blobs):
+    loc, _ = tiny_configs()
+    train = TrainConfig(steps=4, checkpoint_every=2, validate_every=2, augment=AugmentConfig(enabled=True))
+    result = training.train(loc, train, blobs[:2], tmp_path / "loc", val_cases=blobs[2:3], progress=False)
+    assert "val_dsc_foreground" in result.log_rows[-1]
+    assert (tmp_path / "loc" / "model.weights.h5").exists()
+
+
+def test_samples_are_seeded_and_augmentation_keeps_sides(blobs):
+    _, seg = tiny_configs()
+    train = TrainConfig(train_size_zyx=(32, 32, 32))
+    sampler = data.SegSampler(blobs, train, replace(seg.preprocess, grid=replace(seg.preprocess.grid, spacing_mm=4.0)))
+    a, b = sampler.sample(5), sampler.sample(5)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert not np.array_equal(sampler.sample(6)[0], a[0])
+    for i in range(8):  # no left-right mirroring: the liver stays on the patient's right (low x)
+        _, y = sampler.sample(i)
+        liver, spleen = np.argwhere(y[..., 1] > 0), np.argwhere(y[..., 3] > 0)
+        if len(liver) and len(spleen):
+            assert liver[:, 2].mean() < spleen[:, 2].mean()
+
+
+def test_identity_transform_reproduces_the_plain_resampling(blobs):
+    from flare_seg.preprocess import resample_to_grid, seg_record
+
+    _, seg = tiny_configs()
+    case = blobs[0]
+    record = seg_record(((5, 5, 5), (30, 40, 40)), case.image_hu.shape, case.spacing_mm, seg.preprocess)
+    coords = augment.sample_coordinates(record, case.spacing_mm, augment.SpatialTransform.identity())
+    warped = augment.warp(case.image_hu, coords, order=1, cval=-1024)
+    np.testing.assert_allclose(warped, resample_to_grid(case.image_hu, record, cval=-1024), atol=1e-3)
+
+
+def test_dataset_validation_errors_name_the_case(tmp_path):
+    from flare_seg import io
+
+    images, labels = tmp_path / "imagesTr", tmp_path / "labelsTr"
+    images.mkdir(), labels.mkdir()
+    g = Geometry((4, 5, 6), (2.0, 1.0, 1.0))
+    io.write_image(np.zeros((4, 5, 6), np.int16), g, images / "a_0000.nii.gz")
+    io.write_labels(np.full((4, 5, 6), 7, np.uint8), g, labels / "a.nii.gz")
+    io.write_image(np.zeros((4, 5, 6), np.int16), g, images / "b_0000.nii.gz")
+    io.write_labels(np.zeros((4, 5, 6), np.uint8), Geometry((4, 5, 6), (2.5, 1.0, 1.0)), labels / "b.nii.gz")
+    pairs = {case: (image, label) for case, image, label in data.find_pairs(tmp_path)}
+    assert set(pairs) == {"a", "b"}
+    with pytest.raises(ValueError, match=r"a.nii.gz: label values 7..7 outside 0-4"):
+        data.load_case("a", *pairs["a"])
+    mapped = data.load_case("a", *pairs["a"], label_map={7: 1})
+    assert mapped.labels.max() == 1
+    with pytest.raises(ValueError, match="b: image and label grids differ: spacing"):
+        data.load_case("b", *pairs["b"])
+    (tmp_path / "list.json").write_text(json.dumps([{"image": "imagesTr/a_0000.nii.gz", "label": "labelsTr/a.nii.gz"}]))
+    assert data.find_pairs(tmp_path / "list.json")[0][0] == "a"
+
+
+def test_folds_are_seeded_disjoint_and_complete():
+    ids = [f"c{i}" for i in range(10)]
+    folds = data.make_folds(ids, 4, seed=3)
+    assert folds == data.make_folds(ids, 4, seed=3) and folds != data.make_folds(ids, 4, seed=4)
+    flat = [c for f in folds["folds"] for c in f]
+    assert sorted(flat) == sorted(ids) and len(set(flat)) == 10
+    cases = [TrainCase(i, np.zeros((1, 1, 1)), np.zeros((1, 1, 1), np.uint8), (1, 1, 1)) for i in ids]
+    train_cases, val_cases = data.split_fold(cases, folds, 1)
+    assert {c.case_id for c in val_cases} == set(folds["folds"][1]) and len(train_cases) + len(val_cases) == 10
+
+
+def test_training_cli_on_phantoms_writes_every_output(tmp_path, monkeypatch):
+    from flare_seg.cli import main as cli
+    from flare_seg.config import save_config
+
+    loc, seg = tiny_configs()
+    save_config(seg, tmp_path / "seg.json")
+    code = cli(["train", "--net", "seg", "--out", str(tmp_path / "run"), "--config", str(tmp_path / "seg.json"),
+                "--synthetic", "2", "--synthetic-shape", "24,48,48", "--synthetic-spacing", "8,8,8",
+                "--val-synthetic", "1", "--steps", "2", "--checkpoint-every", "2", "--validate-every", "2",
+                "--train-size", "32,32,32", "--no-progress"])
+    assert code == 0
+    run = tmp_path / "run"
+    for name in ("config.json", "train_config.json", "model.weights.h5", "train_log.csv", "curves.png", "carbon.json"):
+        assert (run / name).exists(), name
+    carbon = json.loads((run / "carbon.json").read_text())
+    assert carbon["energy_source"] in ("rapl", "tdp_estimate")
+    assert carbon["energy_kwh"] is None or carbon["energy_kwh"] >= 0
+    # resume extends the same run with its saved settings
+    assert cli(["train", "--out", str(run), "--resume", "--steps", "4", "--no-carbon", "--no-progress"]) == 0
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 4
