@@ -108,12 +108,57 @@ def _read_dicom_series(folder: Path, warnings: list[str]) -> sitk.Image:
     return reader.Execute()
 
 
+def _nifti_expected_bytes(header: bytes) -> int | None:
+    """Bytes of a NIfTI-1 file implied by its header (voxel offset + voxel data), or None if unknown."""
+    import struct
+
+    for endian in ("<", ">"):
+        if struct.unpack(f"{endian}i", header[:4])[0] == 348:
+            dims = struct.unpack(f"{endian}8h", header[40:56])
+            bitpix = struct.unpack(f"{endian}h", header[72:74])[0]
+            vox_offset = struct.unpack(f"{endian}f", header[108:112])[0]
+            count = int(np.prod([max(int(d), 1) for d in dims[1 : 1 + max(min(int(dims[0]), 7), 0)]]))
+            return int(vox_offset) + count * max(int(bitpix), 8) // 8
+    return None
+
+
+def check_nifti_complete(path: Path) -> None:
+    """Raise ``ValueError`` if a NIfTI-1 file holds fewer bytes than its header promises.
+
+    ITK's NIfTI reader can return a truncated ``.nii.gz`` zero-filled instead of failing; the gzip
+    trailer's ISIZE (uncompressed size mod 2**32) of a truncated file does not match the header.
+    """
+    import gzip
+    import struct
+
+    name = path.name.lower()
+    try:
+        if name.endswith(".nii.gz"):
+            with gzip.open(path, "rb") as fh:
+                expected = _nifti_expected_bytes(fh.read(348))
+            with open(path, "rb") as fh:
+                fh.seek(-4, os.SEEK_END)
+                isize = struct.unpack("<I", fh.read(4))[0]
+            complete = expected is None or isize == expected % 2**32
+        elif name.endswith(".nii"):
+            with open(path, "rb") as fh:
+                expected = _nifti_expected_bytes(fh.read(348))
+            complete = expected is None or path.stat().st_size >= expected
+        else:
+            return
+    except (OSError, EOFError, struct.error) as err:
+        raise ValueError(f"{path}: cannot read image (corrupted file: {err})") from None
+    if not complete:
+        raise ValueError(f"{path}: cannot read image (file is truncated: its header promises {expected} bytes)")
+
+
 def _read_sitk(path: Path, warnings: list[str]) -> sitk.Image:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     try:
         if path.is_dir():
             return _read_dicom_series(path, warnings)
+        check_nifti_complete(path)
         return sitk.ReadImage(str(path))
     except RuntimeError as err:
         raise ValueError(f"{path}: cannot read image ({_one_line(err)})") from None
