@@ -12,6 +12,7 @@ or PyTorch backend needs neither. Reading files (``load_case``) imports :mod:`fl
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
 import math
@@ -166,7 +167,7 @@ def _crop_record(record: GridRecord, size_zyx, rng: np.random.Generator | None) 
                       tuple(float(v) for v in start), record.step)
 
 
-class _Sampler:
+class _Sampler(abc.ABC):
     """Shared sampling: a base grid per case, optional fixed-size crop, one warp for image and labels."""
 
     num_labels: int
@@ -178,12 +179,13 @@ class _Sampler:
         self.train = train
         self.intensity = intensity
 
+    @abc.abstractmethod
     def base_record(self, case_index: int) -> GridRecord:
-        raise NotImplementedError
+        """The network grid of a case before cropping and augmentation."""
 
-    def image_source(self, case_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(array to sample, its spacing, coordinate scale/offset from original index space)."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def image_source(self, case_index: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(array to sample, scale, offset): the array's index = (original index - offset) / scale."""
 
     def target(self, labels: np.ndarray) -> np.ndarray:
         return one_hot(labels, self.num_labels)

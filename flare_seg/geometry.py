@@ -27,6 +27,7 @@ import numpy as np
 SPACING_TOL_MM = 1e-4
 ORIGIN_TOL_MM = 1e-4
 DIRECTION_TOL = 1e-6
+IDENTITY_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Geometry:
     shape: tuple[int, int, int]
     spacing_mm: tuple[float, float, float]
     origin_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    direction: tuple[float, ...] = IDENTITY_DIRECTION
 
     def __post_init__(self) -> None:
         if len(self.shape) != 3 or len(self.spacing_mm) != 3 or len(self.origin_mm) != 3:

@@ -19,8 +19,8 @@ import numpy as np
 
 from flare_seg import __version__
 from flare_seg.config import LocalizerConfig, SegmenterConfig, load_config, replace
-from flare_seg.geometry import Geometry, from_canonical, to_canonical
-from flare_seg.instrument import StageTimer, peak_rss_bytes
+from flare_seg.geometry import IDENTITY_DIRECTION, Geometry, from_canonical, to_canonical
+from flare_seg.instrument import MemorySampler, StageTimer, peak_rss_bytes
 from flare_seg.labels import NAMES, ORGANS
 from flare_seg.preprocess import (Box, GridRecord, box_in_input, clamp_padding, loc_input, seg_input,
                                   to_input_grid)
@@ -204,7 +204,7 @@ def segment(array_hu: np.ndarray, spacing_mm, *, segmenter: Segmenter | None = N
     """
     segmenter = segmenter or Segmenter.load(model_dir)
     geometry = Geometry(tuple(array_hu.shape), tuple(float(s) for s in spacing_mm), tuple(origin_mm),
-                        tuple(direction) if direction is not None else Geometry(array_hu.shape, (1, 1, 1)).direction)
+                        tuple(direction) if direction is not None else IDENTITY_DIRECTION)
     return segmenter.segment(np.asarray(array_hu), geometry, options).labels
 
 
@@ -332,6 +332,7 @@ def _run_one(segmenter, job: Job, future, options, qc_dir) -> dict:
     timer = StageTimer()
     t0 = time.perf_counter()
     read_seconds = None
+    sampler = MemorySampler().start()  # this case's RSS and device-level GPU memory (FLARE's rules)
     try:
         volume, read_seconds = future.result()  # read in the background, overlapping the previous case
         qc_path = (qc_dir / f"{job.case}.png") if qc_dir is not None else None
@@ -348,5 +349,7 @@ def _run_one(segmenter, job: Job, future, options, qc_dir) -> dict:
     record["seconds"] = {"read": round(read_seconds, 4), **timer.as_dict()} if read_seconds is not None \
         else timer.as_dict()
     record["seconds_total"] = round(time.perf_counter() - t0, 4)
+    sampler.stop()
+    record["memory"] = sampler.result()
     record["peak_rss_bytes"] = peak_rss_bytes()
     return record

@@ -95,6 +95,7 @@ def test_cli_on_a_phantom_writes_header_exact_labels_and_a_full_report(tmp_path,
     assert report["provenance"]["keras_backend"] == "tensorflow" and report["provenance"]["device"] == "cpu"
     assert len(report["provenance"]["weights_sha256"]["seg"]) == 64
     assert report["summary"]["memory"]["gpu_used_mib"] is None  # no GPU here: null, no exception
+    assert case["memory"]["gpu_used_mib"] is None and case["memory"]["rss_bytes"]["max"] > 0
     assert (tmp_path / "out" / "qc" / "case.png").stat().st_size > 1000
     assert _digest(inputs / "case_0000.nii.gz") == before  # the input is never modified
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case.nii.gz", "qc"]
