@@ -1,201 +1,309 @@
-"""Measuring a run: stage timers, process RSS, device-level GPU memory with FLARE's rules.
+"""Measuring time and memory the way FLARE did: one sampler for inference reports and ``benchmark-run``.
 
-One sampler serves the inference report and ``flare-seg benchmark-run``. GPU memory is what
-the FLARE organisers measured: device-level ``total - free`` from NVML, in whole MiB, sampled every
-0.1 s; "maximum used GPU memory" is the largest value among those seen in more than 2 % of the
-samples (the plain maximum when none qualifies), and the memory-time area was logged too.
-Every GPU probe falls back to ``None`` without NVML (CPU-only machines): no exception escapes.
+FLARE's efficiency script (JunMa11/FLARE, ``FLARE21/Evaluation/Efficiency.py``) polled the device's
+``total - free`` memory through NVML every 0.1 s while the team's container ran, and its
+``load_json.py`` took as "maximum used GPU memory" the largest value occurring in more than 2 % of
+the samples (so short spikes do not count), and ``sum(samples) * 0.1`` as the area under the
+memory-time curve (MB*s). This module reproduces that, in MiB, and adds the process-tree resident
+memory (RSS) from psutil, which FLARE did not measure but which matters on CPU-only machines.
+
+Device-level memory counts everything on the GPU: the CUDA context, allocator pools and any other
+process. Summed RSS of a process tree counts shared pages once per process, so it can overstate.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import resource
 import sys
 import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, Protocol
 
 log = logging.getLogger(__name__)
 
 MIB = 2**20
+#: FLARE's rule: a value must occur in more than this fraction of the samples to count as the maximum.
+STABLE_FRACTION = 0.02
 
 
-def stable_max(values, min_fraction: float = 0.02) -> float | None:
-    """FLARE's "maximum when stable": max over values occurring in more than ``min_fraction`` of samples.
+def to_mib(value_bytes: float) -> int:
+    """Bytes to whole MiB (rounded to nearest), the resolution FLARE's memory rule counts in."""
+    return int(round(value_bytes / MIB))
 
-    Values are rounded to whole numbers first (MiB readings), or nothing would ever repeat.
-    Returns the plain maximum when no value qualifies and ``None`` for no samples.
+
+def stable_max(values: Iterable[float | None], min_fraction: float = STABLE_FRACTION) -> int | None:
+    """FLARE's maximum memory: the largest whole-MiB value occurring in more than ``min_fraction``
+    of the samples; the plain maximum when no value occurs that often; ``None`` without samples.
+
+    Values are MiB; floats are rounded to whole MiB before counting (byte readings must be
+    converted with :func:`to_mib` first), and ``None`` readings are ignored.
     """
     rounded = [int(round(v)) for v in values if v is not None]
     if not rounded:
         return None
     counts = Counter(rounded)
-    frequent = [v for v, n in counts.items() if n > min_fraction * len(rounded)]
-    return float(max(frequent) if frequent else max(rounded))
+    frequent = [value for value, count in counts.items() if count > min_fraction * len(rounded)]
+    return max(frequent) if frequent else max(rounded)
 
 
-def memory_time_area(values_mib, interval_s: float) -> float | None:
-    """Area under the memory-time curve in MiB x s (rectangle rule at the sampling interval)."""
+def memory_time_area(values_mib: Iterable[float | None], interval_s: float) -> float | None:
+    """Area under the memory-time curve in MiB*s, FLARE's ``sum(samples) * interval`` (None readings
+    skipped); ``None`` without any reading."""
     values = [v for v in values_mib if v is not None]
     return float(sum(values) * interval_s) if values else None
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
+def visible_gpu_index(cuda_visible_devices: str | None) -> int | None:
+    """NVML index of the first GPU a CUDA program would use, from ``CUDA_VISIBLE_DEVICES``.
+
+    Unset: 0. A plain index list (``"2,3"``): its first index. Empty or negative: ``None`` (no GPU
+    visible). Anything else (UUIDs, MIG names): 0. NVML numbers devices in PCI bus order, which is
+    CUDA's order only with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``; on one-GPU machines they agree.
+    """
+    if cuda_visible_devices is None:
+        return 0
+    first = cuda_visible_devices.split(",")[0].strip()
+    if not first:
+        return None
+    try:
+        index = int(first)
+    except ValueError:
+        log.debug("CUDA_VISIBLE_DEVICES=%r is not an index list; measuring GPU 0", cuda_visible_devices)
+        return 0
+    return index if index >= 0 else None
+
+
+class NvmlProbe:
+    """Device-level used GPU memory (``total - free``, whole MiB) of one GPU through NVML.
+
+    ``available`` is False, with the reason in ``reason``, when pynvml (package nvidia-ml-py), the
+    NVML library or the driver is missing, or no GPU is visible; nothing raises then.
+    """
+
+    def __init__(self, index: int | None = None) -> None:
+        self.available = False
+        self.reason = ""
+        self.name = ""
+        self.total_mib: int | None = None
+        self.index = visible_gpu_index(os.environ.get("CUDA_VISIBLE_DEVICES")) if index is None else index
+        self._nvml = None
+        self._handle = None
+        if self.index is None:
+            self.reason = "CUDA_VISIBLE_DEVICES hides every GPU"
+            return
+        try:
+            import pynvml
+        except ImportError as err:
+            self.reason = f"pynvml not installed ({err})"
+            return
+        try:
+            pynvml.nvmlInit()
+        except (pynvml.NVMLError, OSError) as err:
+            self.reason = f"NVML not usable ({err})"
+            return
+        self._nvml = pynvml
+        self._open_device()
+
+    def _open_device(self) -> None:
+        try:
+            self._handle = self._nvml.nvmlDeviceGetHandleByIndex(self.index)
+            name = self._nvml.nvmlDeviceGetName(self._handle)
+            self.name = name.decode() if isinstance(name, bytes) else str(name)
+            self.total_mib = to_mib(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).total)
+            self.available = True
+        except self._nvml.NVMLError as err:
+            self.reason = f"GPU {self.index} not readable through NVML ({err})"
+            self.close()
+
+    def used_mib(self) -> int | None:
+        """Device-level used memory in whole MiB now, or ``None`` when not available."""
+        if not self.available:
+            return None
+        try:
+            info = self._nvml.nvmlDeviceGetMemoryInfo(self._handle)
+        except self._nvml.NVMLError as err:
+            log.debug("NVML memory reading failed: %s", err)
+            return None
+        return to_mib(info.total - info.free)
+
+    def close(self) -> None:
+        if self._nvml is not None:
+            with contextlib.suppress(self._nvml.NVMLError):
+                self._nvml.nvmlShutdown()
+        self._nvml = None
+        self._handle = None
+        self.available = False
+
+
+class MemoryProbe(Protocol):
+    """What :class:`MemorySampler` needs from a GPU probe (tests inject fakes)."""
+
+    available: bool
+
+    def used_mib(self) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
+def process_tree_rss_bytes(pid: int | None = None, include_children: bool = True) -> int | None:
+    """Resident memory of process ``pid`` (None: this one) plus, optionally, all its descendants.
+
+    ``None`` when the process is gone. Descendants that exit while being read are skipped.
+    """
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        total = process.memory_info().rss
+        children = process.children(recursive=True) if include_children else []
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            total += child.memory_info().rss
+    return int(total)
+
+
+class MemorySampler:
+    """Samples device GPU memory (NVML, MiB) and process-tree RSS (bytes) in a daemon thread.
+
+    ``with MemorySampler(pid=child.pid) as sampler: ...`` then ``sampler.result()``. The first
+    sample is taken at once, then one every ``interval_s`` (10 Hz by default, as FLARE). A probe
+    passed in is used and left open; without one an :class:`NvmlProbe` is opened and closed here.
+    Errors while sampling are logged and stored in ``error``; they never reach the caller.
+    """
+
+    def __init__(self, interval_s: float = 0.1, pid: int | None = None, include_children: bool = True,
+                 probe: MemoryProbe | None = None) -> None:
+        if not interval_s > 0:
+            raise ValueError(f"interval_s must be positive, got {interval_s}")
+        self.interval_s = float(interval_s)
+        self.pid = pid
+        self.include_children = include_children
+        self.error: str | None = None
+        self._probe = probe
+        self._owns_probe = probe is None
+        self._times_s: list[float] = []
+        self._gpu_mib: list[int | None] = []
+        self._rss_bytes: list[int | None] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._t0 = time.perf_counter()
+        self._t1: float | None = None
+
+    def start(self) -> "MemorySampler":
+        if self._thread is not None:
+            raise RuntimeError("MemorySampler.start() called twice")
+        if self._probe is None:
+            self._probe = NvmlProbe()
+        self._t0 = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, name="flare-seg-memory-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop sampling (idempotent) and close the probe if this sampler opened it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=max(5.0, 10 * self.interval_s))
+        if self._t1 is None:
+            self._t1 = time.perf_counter()
+        if self._owns_probe and self._probe is not None:
+            self._probe.close()
+
+    def __enter__(self) -> "MemorySampler":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        next_s = time.perf_counter()
+        try:
+            while not self._stop.is_set():
+                self.sample_once()
+                next_s += self.interval_s
+                self._stop.wait(max(0.0, next_s - time.perf_counter()))
+        except Exception as err:  # noqa: BLE001 - the thread must never die with an exception
+            self.error = f"{type(err).__name__}: {err}"
+            log.warning("memory sampler stopped: %s", self.error)
+
+    def sample_once(self) -> None:
+        """Take one sample now (the thread calls this; tests may call it directly)."""
+        gpu = rss = None
+        try:
+            if self._probe is not None and getattr(self._probe, "available", True):
+                gpu = self._probe.used_mib()
+        except Exception as err:  # noqa: BLE001 - a probe's failure must not stop the measurement
+            self.error = f"GPU probe: {type(err).__name__}: {err}"
+            log.debug("GPU probe failed: %s", err)
+        try:
+            rss = process_tree_rss_bytes(self.pid, self.include_children)
+        except Exception as err:  # noqa: BLE001
+            self.error = f"RSS: {type(err).__name__}: {err}"
+            log.debug("RSS reading failed: %s", err)
+        with self._lock:
+            self._times_s.append(time.perf_counter() - self._t0)
+            self._gpu_mib.append(gpu)
+            self._rss_bytes.append(rss)
+
+    def result(self, series: bool = False) -> dict:
+        """JSON-ready summary (see the module docstring for the rules); ``series=True`` adds the
+        sampled time series under ``"series"`` (``t_s``, ``gpu_used_mib``, ``rss_mib``) for plots."""
+        with self._lock:
+            times_s, gpu, rss = list(self._times_s), list(self._gpu_mib), list(self._rss_bytes)
+        rss_mib = [None if v is None else to_mib(v) for v in rss]
+        gpu_valid = [v for v in gpu if v is not None]
+        rss_valid = [v for v in rss if v is not None]
+        end = self._t1 if self._t1 is not None else time.perf_counter()
+        out = {
+            "interval_s": self.interval_s,
+            "samples": len(times_s),
+            "seconds": end - self._t0,
+            "gpu_used_mib": None if not gpu_valid else {
+                "max": max(gpu_valid), "stable_max": stable_max(gpu),
+                "area_mib_s": memory_time_area(gpu, self.interval_s)},
+            "rss_bytes": None if not rss_valid else {
+                "max": max(rss_valid), "stable_max": stable_max(rss_mib) * MIB,
+                "area_mib_s": memory_time_area(rss_mib, self.interval_s)},
+            "error": self.error,
+        }
+        if series:
+            out["series"] = {"t_s": [round(t, 4) for t in times_s], "gpu_used_mib": gpu if gpu_valid else None,
+                             "rss_mib": rss_mib}
+        return out
 
 
 class StageTimer:
-    """Wall seconds per named stage, in first-use order; a repeated stage accumulates."""
+    """Wall time per named stage: ``with timer.stage("read"): ...``; repeated stages accumulate."""
 
-    def __init__(self):
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
         self._seconds: dict[str, float] = {}
 
-    @contextmanager
-    def stage(self, name: str):
-        t0 = time.perf_counter()
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = self._clock()
         try:
             yield
         finally:
-            self._seconds[name] = self._seconds.get(name, 0.0) + time.perf_counter() - t0
+            self._seconds[name] = self._seconds.get(name, 0.0) + (self._clock() - start)
 
     def as_dict(self) -> dict[str, float]:
+        """``{stage: seconds}`` (rounded to 0.1 ms for reports) in the order the stages first ran."""
         return {name: round(seconds, 4) for name, seconds in self._seconds.items()}
 
     def total(self) -> float:
         return float(sum(self._seconds.values()))
 
 
-class NvmlProbe:
-    """Device-level used GPU memory (total - free, MiB) of the first visible GPU, or ``None``."""
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far (``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
+    import resource
 
-    def __init__(self):
-        self.available = False
-        self._nvml = None
-        self._handle = None
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self._nvml = pynvml
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(self._visible_index())
-            self.available = True
-        except Exception as err:  # noqa: BLE001 - no NVML library, no driver, no GPU: all mean "none"
-            log.debug("NVML unavailable: %s", err)
-
-    @staticmethod
-    def _visible_index() -> int:
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
-        return int(visible) if visible.isdigit() else 0
-
-    def used_mib(self) -> int | None:
-        if not self.available:
-            return None
-        try:
-            info = self._nvml.nvmlDeviceGetMemoryInfo(self._handle)
-            return int(round((info.total - info.free) / MIB))
-        except Exception as err:  # noqa: BLE001
-            log.debug("NVML read failed: %s", err)
-            return None
-
-    def close(self) -> None:
-        if self.available:
-            try:
-                self._nvml.nvmlShutdown()
-            except Exception:  # noqa: BLE001
-                pass
-            self.available = False
-
-
-def process_tree_rss_bytes(pid: int | None = None, include_children: bool = True) -> int | None:
-    """RSS of a process (and its children) in bytes, or ``None`` if it is gone."""
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        total = proc.memory_info().rss
-        if include_children:
-            for child in proc.children(recursive=True):
-                try:
-                    total += child.memory_info().rss
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass
-        return int(total)
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-
-
-class MemorySampler:
-    """Background sampling of device GPU memory (NVML) and process-tree RSS at ``interval_s``."""
-
-    def __init__(self, interval_s: float = 0.1, pid: int | None = None, include_children: bool = True,
-                 probe: NvmlProbe | None = None):
-        self.interval_s = interval_s
-        self.pid = pid
-        self.include_children = include_children
-        self.probe = probe
-        self.times: list[float] = []
-        self.gpu_mib: list[int | None] = []
-        self.rss_bytes: list[int | None] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._t0 = 0.0
-        self._owns_probe = probe is None
-
-    def _sample(self) -> None:
-        self.times.append(round(time.perf_counter() - self._t0, 3))
-        self.gpu_mib.append(self.probe.used_mib())
-        self.rss_bytes.append(process_tree_rss_bytes(self.pid, self.include_children))
-
-    def _loop(self) -> None:
-        try:
-            while True:
-                self._sample()
-                if self._stop.wait(self.interval_s):
-                    break
-        except Exception as err:  # noqa: BLE001 - a sampler must never break the run it measures
-            log.warning("memory sampler stopped: %s", err)
-
-    def start(self) -> "MemorySampler":
-        if self.probe is None:
-            self.probe = NvmlProbe()
-        self._t0 = time.perf_counter()
-        self._thread = threading.Thread(target=self._loop, name="memory-sampler", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        if self._owns_probe and self.probe is not None:
-            self.probe.close()
-
-    def __enter__(self) -> "MemorySampler":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def result(self, series: bool = False) -> dict:
-        """JSON-ready summary; ``series=True`` adds the sampled time series (for plots)."""
-        gpu = [v for v in self.gpu_mib if v is not None]
-        rss_mib = [v / MIB for v in self.rss_bytes if v is not None]
-        out = {
-            "interval_s": self.interval_s,
-            "samples": len(self.times),
-            "gpu_used_mib": None if not gpu else {
-                "max": float(max(gpu)), "stable_max": stable_max(gpu),
-                "area_mib_s": memory_time_area(gpu, self.interval_s)},
-            "rss_bytes": None if not rss_mib else {
-                "max": int(max(v for v in self.rss_bytes if v is not None)),
-                "stable_max": int(stable_max(rss_mib) * MIB)},
-        }
-        if series:
-            out["series"] = {"t_s": self.times, "gpu_used_mib": self.gpu_mib,
-                             "rss_mib": [None if v is None else round(v / MIB, 1) for v in self.rss_bytes]}
-        return out
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)

@@ -1,4 +1,4 @@
-"""Segmentation metrics as small pure functions, with FLARE's edge rules written once.
+"""Segmentation metrics as small pure functions, with FLARE's edge rules written once (DSC, NSD).
 
 FLARE rules (``../shared/FLARE21.md``): an organ absent from both ground truth and prediction
 scores 1; absent from the ground truth but predicted scores 0; present in the ground truth but
@@ -217,3 +217,4 @@ def score_case(pred: np.ndarray, gt: np.ndarray, spacing_mm, protocol: str | dic
         scores[organ] = {"dsc": dice(pred_mask, gt_mask),
                          "nsd": normalized_surface_dice(pred_mask, gt_mask, spacing_mm, tolerance_mm)}
     return scores
+
