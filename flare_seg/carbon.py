@@ -73,9 +73,14 @@ class CarbonWatcher:
         self.stop()
 
 
+def _json_safe(value):
+    """carbontracker's parsed logs hold NumPy arrays: lists for JSON."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
 def _write_json(path: Path, payload: dict) -> None:
     tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.write_text(json.dumps(payload, indent=2, default=_json_safe) + "\n")
     os.replace(tmp, path)
 
 
@@ -107,6 +112,17 @@ def _summarise(log_dir: Path, seconds: float) -> dict:
     }
 
 
+def summarise_run(run_dir: Path, seconds: float) -> dict:
+    """Write ``carbon.json`` from the carbontracker logs of one tracked session in ``run_dir``."""
+    try:
+        session = _summarise(run_dir / "carbontracker", seconds)
+    except Exception as err:  # noqa: BLE001 - carbontracker's log formats vary; record why
+        session = {"enabled": True, "energy_kwh": None, "co2eq_g": None, "note": f"could not parse logs: {err}"}
+    merged = merge_sessions(run_dir / "carbon.json", session)
+    _write_json(run_dir / "carbon.json", merged)
+    return merged
+
+
 def watch(pid: int, run_dir: Path, poll_s: float = 2.0) -> int:
     """Track energy until process ``pid`` exits or the stop file appears; write ``carbon.json``."""
     log_dir = run_dir / "carbontracker"
@@ -122,11 +138,7 @@ def watch(pid: int, run_dir: Path, poll_s: float = 2.0) -> int:
         time.sleep(poll_s)
     tracker.epoch_end()
     tracker.stop()
-    try:
-        session = _summarise(log_dir, time.time() - t0)
-    except Exception as err:  # noqa: BLE001 - carbontracker's log formats vary; record why
-        session = {"enabled": True, "energy_kwh": None, "co2eq_g": None, "note": f"could not parse logs: {err}"}
-    _write_json(run_dir / "carbon.json", merge_sessions(run_dir / "carbon.json", session))
+    summarise_run(run_dir, time.time() - t0)
     return 0
 
 
@@ -134,6 +146,7 @@ def merge_sessions(path: Path, session: dict) -> dict:
     """Add one tracked session to a run's ``carbon.json`` (a resumed run has several); totals are
     ``None`` as soon as one session's figure is unknown."""
     previous = json.loads(path.read_text()) if path.exists() else {}
+    session = json.loads(json.dumps(session, default=_json_safe))
     sessions = [s for s in previous.get("sessions", []) if s.get("enabled", True)] + [session]
     def total(key):
         values = [s.get(key) for s in sessions]
