@@ -92,35 +92,44 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _summarise(log_dir: Path, seconds: float) -> dict:
+def _summarise(log_dir: Path) -> dict:
+    """All tracked sessions of a run (one carbontracker log each; a resumed run has several)."""
     from carbontracker import parser
 
     logs = parser.parse_all_logs(str(log_dir))
-    actual = (logs[-1].get("actual") or {}) if logs else {}
     text = "".join(p.read_text(errors="replace") for p in log_dir.glob("*carbontracker*.log"))
-    intensity_default = "Defaulting to global average" in text or "Unknown" in text
+    sessions = [{"seconds": (log.get("actual") or {}).get("duration (s)"),
+                 "energy_kwh": (log.get("actual") or {}).get("energy (kWh)"),
+                 "co2eq_g": (log.get("actual") or {}).get("co2eq (g)"),
+                 "components": log.get("components")} for log in logs]
+
+    def total(key):
+        values = [s[key] for s in sessions]
+        return None if not values or any(v is None for v in values) else float(sum(values))
+
     return {
         "enabled": True,
-        "seconds": round(seconds, 1),
-        "energy_kwh": actual.get("energy (kWh)"),
-        "co2eq_g": actual.get("co2eq (g)"),
+        "seconds": total("seconds"),
+        "energy_kwh": total("energy_kwh"),
+        "co2eq_g": total("co2eq_g"),
         "energy_source": "rapl" if RAPL_PATH.exists() else "tdp_estimate",
-        "carbon_intensity": "global_average_default" if intensity_default else "location_based",
-        "components": logs[-1].get("components") if logs else None,
+        "carbon_intensity": ("global_average_default" if "Defaulting to global average" in text or "Unknown" in text
+                             else "location_based"),
+        "sessions": sessions,
         "note": ("carbontracker (PUE 1.58 included). Without RAPL counters the CPU power is carbontracker's "
-                 "TDP-based estimate, not a measurement; offline the intensity is its global average."),
+                 "TDP-based estimate, not a measurement; offline the intensity is its global average. "
+                 "Totals are null if any session's figure is unknown."),
     }
 
 
-def summarise_run(run_dir: Path, seconds: float) -> dict:
-    """Write ``carbon.json`` from the carbontracker logs of one tracked session in ``run_dir``."""
+def summarise_run(run_dir: Path) -> dict:
+    """Write ``carbon.json`` from every carbontracker log of the run (robust to a killed session)."""
     try:
-        session = _summarise(run_dir / "carbontracker", seconds)
+        summary = _summarise(run_dir / "carbontracker")
     except Exception as err:  # noqa: BLE001 - carbontracker's log formats vary; record why
-        session = {"enabled": True, "energy_kwh": None, "co2eq_g": None, "note": f"could not parse logs: {err}"}
-    merged = merge_sessions(run_dir / "carbon.json", session)
-    _write_json(run_dir / "carbon.json", merged)
-    return merged
+        summary = {"enabled": True, "energy_kwh": None, "co2eq_g": None, "note": f"could not parse logs: {err}"}
+    _write_json(run_dir / "carbon.json", summary)
+    return summary
 
 
 def watch(pid: int, run_dir: Path, poll_s: float = 2.0) -> int:
@@ -131,28 +140,14 @@ def watch(pid: int, run_dir: Path, poll_s: float = 2.0) -> int:
 
     tracker = CarbonTracker(epochs=1, ignore_errors=True, log_dir=str(log_dir), verbose=0,
                             components="all", update_interval=10)
-    t0 = time.time()
     tracker.epoch_start()
     stop_file = run_dir / ".carbon.stop"
     while _alive(pid) and not stop_file.exists():
         time.sleep(poll_s)
     tracker.epoch_end()
     tracker.stop()
-    summarise_run(run_dir, time.time() - t0)
+    summarise_run(run_dir)
     return 0
-
-
-def merge_sessions(path: Path, session: dict) -> dict:
-    """Add one tracked session to a run's ``carbon.json`` (a resumed run has several); totals are
-    ``None`` as soon as one session's figure is unknown."""
-    previous = json.loads(path.read_text()) if path.exists() else {}
-    session = json.loads(json.dumps(session, default=_json_safe))
-    sessions = [s for s in previous.get("sessions", []) if s.get("enabled", True)] + [session]
-    def total(key):
-        values = [s.get(key) for s in sessions]
-        return None if any(v is None for v in values) else float(sum(values))
-    return {**session, "energy_kwh": total("energy_kwh"), "co2eq_g": total("co2eq_g"),
-            "seconds": total("seconds"), "sessions": sessions}
 
 
 def main(argv=None) -> int:
