@@ -251,9 +251,11 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     fig, (ax_loss, ax_dsc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(steps, [float(r["loss"]) for r in rows], marker=".")
     ax_loss.set(xlabel="step", ylabel="training loss (interval mean)", title="loss")
-    for key in (k for k in rows[0] if k.startswith("val_dsc_")) if rows else ():
-        ax_dsc.plot(steps, [float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows],
-                    marker=".", label=key[len("val_dsc_"):])
+    keys = sorted({k for row in rows for k in row if k.startswith("val_dsc_")})
+    for key in keys:  # validation rows are a subset of the logged steps
+        points = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+        if points:
+            ax_dsc.plot(*zip(*points), marker=".", label=key[len("val_dsc_"):])
     ax_dsc.set(xlabel="step", ylabel="DSC (EMA weights)", ylim=(0, 1), title="validation")
     if ax_dsc.lines:
         ax_dsc.legend()

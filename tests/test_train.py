@@ -87,6 +87,12 @@ def test_resume_gives_identical_weights_and_the_saved_file_holds_ema(tmp_path, b
     rows = list(__import__("csv").DictReader(open(tmp_path / "split" / "train_log.csv")))
     assert [int(r["step"]) for r in rows] == [10, 20]
     assert (tmp_path / "straight" / "curves.png").stat().st_size > 1000
+    rows = [{"step": "1", "loss": "0.9"}, {"step": "2", "loss": "0.8", "val_dsc_liver": "0.5"}]
+    training.plot_curves(rows, tmp_path / "c.png")  # validation only on some steps
+    import matplotlib.image
+    picture = matplotlib.image.imread(tmp_path / "c.png")
+    right = picture[:, picture.shape[1] // 2 :, :3]
+    assert (np.abs(right[..., 0] - right[..., 2]) > 0.3).any()  # a coloured curve in the DSC panel
 
 
 def test_existing_checkpoint_needs_resume(tmp_path, blobs):
