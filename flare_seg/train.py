@@ -140,7 +140,21 @@ def _seed_variables(model) -> list:
     return found
 
 
-def save_checkpoint(paths: RunPaths, model, step: int, extra: dict | None = None) -> None:
+class WeightsWriter:
+    """Saves a compiled model's weights *without* its optimizer state (Keras' ``save_weights`` of a
+    compiled model also stores Adam's moments and the EMA copies: 4x the size of the network)."""
+
+    def __init__(self, model_config):
+        from flare_seg.models import build_model
+
+        self.twin = build_model(model_config)
+
+    def save(self, model, path) -> None:
+        self.twin.set_weights(model.get_weights())
+        self.twin.save_weights(path)
+
+
+def save_checkpoint(paths: RunPaths, model, step: int, writer: WeightsWriter, extra: dict | None = None) -> None:
     """Write raw + EMA weights, optimizer state, seed states and the step, atomically (folder swap)."""
     from keras import ops
 
@@ -149,10 +163,10 @@ def save_checkpoint(paths: RunPaths, model, step: int, extra: dict | None = None
     tmp = paths.root / f".{CHECKPOINT}.{uuid.uuid4().hex[:8]}.partial"
     tmp.mkdir()
     try:
-        model.save_weights(tmp / "raw.weights.h5")
+        writer.save(model, tmp / "raw.weights.h5")
         swap_ema_weights(model, model.optimizer)
         try:
-            model.save_weights(tmp / "ema.weights.h5")
+            writer.save(model, tmp / "ema.weights.h5")
         finally:
             swap_ema_weights(model, model.optimizer)
         np.savez(tmp / "optimizer.npz", *[ops.convert_to_numpy(v) for v in model.optimizer.variables])
@@ -278,7 +292,7 @@ class TrainResult:
     samples_per_second: float = 0.0
 
 
-def _callbacks(run, paths, model_config, train_config, val_sampler, num_val, dataset, start_step, rows):
+def _callbacks(run, paths, model_config, train_config, val_sampler, num_val, dataset, start_step, rows, writer):
     import keras
 
     from flare_seg.ema import swap_ema_weights
@@ -303,7 +317,7 @@ def _callbacks(run, paths, model_config, train_config, val_sampler, num_val, dat
                     or step == train_config.steps:
                 self._log_row(step)
             if step % train_config.checkpoint_every == 0 or step == train_config.steps:
-                save_checkpoint(paths, self.model, step)
+                save_checkpoint(paths, self.model, step, writer)
                 write_log(paths.log_csv, rows)
                 plot_curves(rows, paths.curves)
 
@@ -394,8 +408,9 @@ def train(
         return result
     dataset = make_dataset(sampler, output_names(model_config), start_step, remaining, train_config.workers)
     run = _Progress(start_step, train_config.steps, progress)
+    writer = WeightsWriter(model_config)
     callbacks = _callbacks(run, paths, model_config, train_config, val_sampler,
-                           len(val_cases or []), dataset, start_step, rows)
+                           len(val_cases or []), dataset, start_step, rows, writer)
     t0 = time.perf_counter()
     try:
         model.fit(dataset, epochs=1, verbose=0, callbacks=callbacks, shuffle=False)  # order = sample index
@@ -403,7 +418,7 @@ def train(
         run.close()
     elapsed = time.perf_counter() - t0
     # fit() has copied the EMA weights into the model: this file holds the EMA weights.
-    model.save_weights(paths.weights)
+    writer.save(model, paths.weights)
     write_log(paths.log_csv, rows)
     if rows:
         plot_curves(rows, paths.curves)

@@ -84,6 +84,9 @@ def test_resume_gives_identical_weights_and_the_saved_file_holds_ema(tmp_path, b
     ema = _weights(tmp_path / "straight" / "checkpoint" / "ema.weights.h5", seg)
     assert _max_diff(raw, ema) > 1e-4  # raw and EMA weights differ during training
     assert _max_diff(straight, ema) == 0.0  # model.weights.h5 holds the EMA weights
+    import h5py
+    with h5py.File(tmp_path / "straight" / "model.weights.h5") as fh:
+        assert not any(key.startswith("optimizer") for key in fh)  # network weights only
     rows = list(__import__("csv").DictReader(open(tmp_path / "split" / "train_log.csv")))
     assert [int(r["step"]) for r in rows] == [10, 20]
     assert (tmp_path / "straight" / "curves.png").stat().st_size > 1000
