@@ -6,7 +6,8 @@ are callbacks. Keras copies the EMA weights into the model when ``fit()`` ends; 
 callbacks swap them in and out explicitly.
 
 A run folder holds: ``config.json`` (model, loadable by inference), ``train_config.json``,
-``model.weights.h5`` (EMA weights, updated at every checkpoint), ``checkpoint/`` (raw and EMA
+``model.weights.h5`` (EMA weights, updated at every checkpoint), ``best.weights.h5`` (the EMA
+weights of the best mean validation DSC so far, with ``best.json``), ``checkpoint/`` (raw and EMA
 weights, optimizer state, dropout seed states, step), ``train_log.csv``, ``curves.png``,
 ``carbon.json`` and, for cross-validation, ``folds.json``.
 """
@@ -55,6 +56,10 @@ class RunPaths:
     @property
     def checkpoint(self) -> Path:
         return self.root / CHECKPOINT
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best.weights.h5"
 
     @property
     def log_csv(self) -> Path:
@@ -234,6 +239,12 @@ def validate(model, sampler, model_config, num_cases: int) -> dict[str, float]:
     return {f"val_dsc_{k}": float(np.mean(v)) for k, v in scores.items()}
 
 
+def mean_validation_dsc(row: dict) -> float | None:
+    """Mean of a log row's validation DSC values, or None if the row has no validation."""
+    values = [float(v) for k, v in row.items() if k.startswith("val_dsc_") and v not in (None, "")]
+    return float(np.mean(values)) if values else None
+
+
 def _read_log(path: Path, up_to_step: int) -> list[dict]:
     if not path.exists():
         return []
@@ -318,8 +329,19 @@ def _callbacks(run, paths, model_config, train_config, val_sampler, num_val, dat
                 self._log_row(step)
             if step % train_config.checkpoint_every == 0 or step == train_config.steps:
                 save_checkpoint(paths, self.model, step, writer)
+                self._keep_best(rows[-1])
                 write_log(paths.log_csv, rows)
                 plot_curves(rows, paths.curves)
+
+        def _keep_best(self, row):
+            """Copy the EMA weights to best.weights.h5 when the mean validation DSC is the best so far."""
+            score = mean_validation_dsc(row)
+            if score is None or any((mean_validation_dsc(r) or -1.0) > score for r in rows[:-1]):
+                return
+            tmp = paths.root / f".best.{uuid.uuid4().hex[:8]}.weights.h5"
+            shutil.copyfile(paths.weights, tmp)
+            os.replace(tmp, paths.best)
+            atomic_write_text(paths.root / "best.json", json.dumps({"step": int(row["step"]), "mean_val_dsc": score}))
 
         def _log_row(self, step):
             elapsed = time.perf_counter() - self.t_interval

@@ -118,6 +118,10 @@ def test_a_tiny_scn_learns(tmp_path, blobs):
     start = np.mean([float(first[f"val_dsc_{o}"]) for o in organs])
     end = np.mean([float(last[f"val_dsc_{o}"]) for o in organs])
     assert end > 0.5 and end > start + 0.3, (start, end)  # measured here: ~0.05 -> ~0.8
+    best = json.loads((tmp_path / "learn" / "best.json").read_text())
+    means = {int(r["step"]): training.mean_validation_dsc(r) for r in result.log_rows}
+    assert best["mean_val_dsc"] == pytest.approx(max(v for v in means.values() if v is not None))
+    assert (tmp_path / "learn" / "best.weights.h5").exists()
     assert float(last["loss"]) < float(first["loss"])
 
 
