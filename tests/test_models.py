@@ -102,3 +102,15 @@ def test_mixed_precision_policy_keeps_float32_outputs():
 def test_unknown_combination_is_rejected():
     with pytest.raises(ValueError, match="combination"):
         SegmenterConfig(combination="sum")
+
+
+@pytest.mark.parametrize("net,size,paper", [
+    ("loc", (32, 32, 32), 8_613_207_612), ("loc", (256, 80, 80), 430_660_377_660),
+    ("seg", (32, 32, 32), 8_797_627_020), ("seg", (160, 128, 160), 879_762_672_300),
+])
+def test_forward_flops_match_the_paper_within_0_2_percent(net, size, paper):
+    from flare_seg.flops import conv_flops
+
+    model = build_model(LocalizerConfig() if net == "loc" else SegmenterConfig())
+    flops = conv_flops(model, size)  # 2 x MAC of the convolutions, symbolic shapes only
+    assert abs(flops / paper - 1) < 0.002, flops
