@@ -161,8 +161,22 @@ class Segmenter:
         report: dict = {"warnings": [], "notes": []}
         with timer.stage("loc_preprocess"):
             canon, canon_geometry, orient = to_canonical(clamp_padding(array_hu), geometry)
-            spacing = canon_geometry.spacing_mm
-            x_loc, loc_record = loc_input(canon, spacing, self.loc.config.preprocess)
+        box = self._localize(canon, canon_geometry, options, timer, report)
+        if box is None:
+            report["notes"].append("localizer found no organ: all-background label map")
+            report["organ_volumes_ml"] = {NAMES[o]: 0.0 for o in ORGANS}
+            return CaseResult(np.zeros(array_hu.shape, dtype=np.uint8), report)
+        canon_labels = self._segment_box(canon, canon_geometry, box, options, timer, report)
+        with timer.stage("to_input_grid"):
+            labels = np.ascontiguousarray(from_canonical(canon_labels, orient))
+        counts = np.bincount(labels.ravel(), minlength=len(NAMES))
+        report["organ_volumes_ml"] = {NAMES[o]: round(float(counts[o]) * geometry.voxel_volume_ml, 2) for o in ORGANS}
+        return CaseResult(labels, report)
+
+    def _localize(self, canon, canon_geometry: Geometry, options, timer, report) -> Box | None:
+        """Localizer on the whole (canonical) image at 6 mm -> foreground box in input voxels, or None."""
+        with timer.stage("loc_preprocess"):
+            x_loc, loc_record = loc_input(canon, canon_geometry.spacing_mm, self.loc.config.preprocess)
         report["localizer"] = _grid_report(x_loc, loc_record)
         thin = [f"{n} voxels ({e:.0f} mm) along {axis}" for axis, n, e in
                 zip("zyx", canon.shape, canon_geometry.extent_mm) if e < THIN_VOLUME_MM]
@@ -172,29 +186,24 @@ class Segmenter:
         with timer.stage("loc_predict"):
             logits = self._run(self.loc, x_loc, "loc", report)["logits"][0]
         with timer.stage("roi"):
-            mask = np.argmax(logits, axis=-1) > 0
             largest = options.largest_component_only
             if largest is None:
                 largest = self.seg.config.preprocess.largest_component_only
-            box = box_in_input(mask, loc_record, largest)
+            box = box_in_input(np.argmax(logits, axis=-1) > 0, loc_record, largest)
         report["box"] = _box_report(box, canon_geometry, canon.shape)
-        if box is None:
-            report["notes"].append("localizer found no organ: all-background label map")
-            report["organ_volumes_ml"] = {NAMES[o]: 0.0 for o in ORGANS}
-            return CaseResult(np.zeros(array_hu.shape, dtype=np.uint8), report)
-        if report["box"]["touches_border"]:
+        if box is not None and report["box"]["touches_border"]:
             report["warnings"].append("organ box touches the image border: organs may be cut off by the field of view")
+        return box
+
+    def _segment_box(self, canon, canon_geometry: Geometry, box: Box, options, timer, report) -> np.ndarray:
+        """SCN at 2 mm around ``box`` -> uint8 labels on the canonical input grid."""
         with timer.stage("seg_preprocess"):
-            x_seg, seg_record = seg_input(canon, spacing, box, self.seg.config.preprocess)
+            x_seg, seg_record = seg_input(canon, canon_geometry.spacing_mm, box, self.seg.config.preprocess)
         report["segmenter"] = _grid_report(x_seg, seg_record)
         with timer.stage("seg_predict"):
             prob = self._run(self.seg, x_seg, "seg", report)["prob"][0]
         with timer.stage("to_input_grid"):
-            labels = np.ascontiguousarray(from_canonical(to_input_grid(prob, seg_record, mode=options.resample_mode), orient))
-        counts = np.bincount(labels.ravel(), minlength=len(NAMES))
-        report["organ_volumes_ml"] = {NAMES[o]: round(float(counts[o]) * geometry.voxel_volume_ml, 2) for o in ORGANS}
-        return CaseResult(labels, report)
-
+            return to_input_grid(prob, seg_record, mode=options.resample_mode)
 
 def segment(array_hu: np.ndarray, spacing_mm, *, segmenter: Segmenter | None = None, model_dir=None,
             origin_mm=(0.0, 0.0, 0.0), direction=None, options: SegmentOptions | None = None) -> np.ndarray:
