@@ -199,12 +199,24 @@ def find_checkpoint(paths: RunPaths) -> Path | None:
     return None
 
 
+def load_network_weights(model, path: Path) -> None:
+    """Load a weights-only file into a compiled model (its optimizer state comes from elsewhere).
+
+    Keras warns that the file holds no optimizer variables; that is by design here
+    (:class:`WeightsWriter`), so the warning is silenced for this call only."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model.load_weights(path)
+
+
 def load_checkpoint(paths: RunPaths, model) -> int:
     """Restore a run's checkpoint into a compiled ``model``; returns the step it was taken at."""
     folder = find_checkpoint(paths)
     if folder is None:
         raise FileNotFoundError(f"{paths.root}: no checkpoint to resume from")
-    model.load_weights(folder / "raw.weights.h5")
+    load_network_weights(model, folder / "raw.weights.h5")
     with np.load(folder / "optimizer.npz") as saved:
         values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
     if len(values) != len(model.optimizer.variables):
@@ -417,7 +429,7 @@ def train(
         start_step = load_checkpoint(paths, model)
         log.info("resuming %s at step %d", paths.root, start_step)
     elif init_weights is not None:
-        model.load_weights(init_weights)
+        load_network_weights(model, Path(init_weights))
         swap_ema_weights_init(model)
         log.info("initialised from %s", init_weights)
     rows = _read_log(paths.log_csv, start_step)

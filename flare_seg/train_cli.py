@@ -18,13 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
-from flare_seg.config import (AugmentConfig, LocalizerConfig, SegmenterConfig, TrainConfig, from_dict,
-                              load_config, replace)
+from flare_seg.config import (AugmentConfig, LocalizerConfig, SegmenterConfig, TrainConfig, atomic_write_text,
+                              from_dict, load_config, replace)
 
 log = logging.getLogger(__name__)
 
 #: Synthetic validation phantoms draw from this seed stream, training phantoms from another.
 TRAIN_STREAM, VAL_STREAM = 1, 2
+
+#: The data flags and their defaults; a run saves them as ``data.json`` so ``--resume`` needs none.
+DATA_DEFAULTS = {"data": [], "label_map": None, "synthetic": 0, "synthetic_shape": [64, 160, 160],
+                 "synthetic_spacing": [5.0, 2.5, 2.5], "synthetic_vary": False, "synthetic_chest": 0.0,
+                 "val_data": None, "val_synthetic": 0}
 
 
 def _triple(text: str, kind=float) -> tuple:
@@ -43,9 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, action="append", default=[], help="dataset folder or JSON (repeatable)")
     p.add_argument("--label-map", help="map dataset labels to FLARE: amos, totalsegmentator, flare22 or 'src:dst,...'")
     p.add_argument("--synthetic", type=int, default=0, metavar="N", help="add N phantom cases")
-    p.add_argument("--synthetic-shape", type=lambda t: _triple(t, int), default=(64, 160, 160),
+    p.add_argument("--synthetic-shape", type=lambda t: _triple(t, int), default=tuple(DATA_DEFAULTS["synthetic_shape"]),
                    metavar="Z,Y,X", help="phantom array size (default 64,160,160)")
-    p.add_argument("--synthetic-spacing", type=_triple, default=(5.0, 2.5, 2.5), metavar="Z,Y,X",
+    p.add_argument("--synthetic-spacing", type=_triple, default=tuple(DATA_DEFAULTS["synthetic_spacing"]), metavar="Z,Y,X",
                    help="phantom spacing in mm (default 5,2.5,2.5)")
     p.add_argument("--synthetic-vary", action="store_true",
                    help="randomize each phantom's spacing (x0.7-1.4), z extent (40-100 %%) and field-of-view shift")
@@ -188,6 +193,44 @@ def _load_dataset(sources, label_map) -> list:
     return cases
 
 
+def _data_flags(args) -> dict:
+    """The run's data flags as JSON values (paths as strings, triples as lists)."""
+    def plain(value):
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return {key: plain(getattr(args, key)) for key in DATA_DEFAULTS}
+
+
+def resolve_data_flags(args) -> None:
+    """Save the data flags in ``<out>/data.json``; on ``--resume`` take them from there.
+
+    Resuming with other data than the run started with would silently change what the
+    checkpoint's step count means, so data flags that differ from the saved ones are an error."""
+    path = args.out / "data.json"
+    given = _data_flags(args)
+    if args.resume and path.exists():
+        saved = {**DATA_DEFAULTS, **json.loads(path.read_text())}
+        if given != DATA_DEFAULTS and given != saved:
+            changed = sorted(k for k in DATA_DEFAULTS if given[k] != saved[k])
+            raise ValueError(f"{path}: the run was started with other data flags ({', '.join(changed)}); "
+                             "--resume reuses the saved ones: drop the data flags or start a new run")
+        for key, value in saved.items():
+            if key in ("data",):
+                value = [Path(v) for v in value]
+            elif key == "val_data" and value is not None:
+                value = Path(value)
+            elif key in ("synthetic_shape", "synthetic_spacing"):
+                value = tuple(value)
+            setattr(args, key, value)
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(given, indent=2) + "\n")
+
+
 def _cases(args, cfg: TrainConfig):
     from flare_seg.data import make_folds, save_folds, split_fold
 
@@ -229,6 +272,7 @@ def run(args) -> int:
     cfg = _train_config(args)
     model_config = _model_config(args, cfg)
     runtime.configure_training(threads=args.threads, deterministic=True)
+    resolve_data_flags(args)
     cases, val_cases = _cases(args, cfg)
     log.info("training %s on %d cases, validating on %d, %d steps", type(model_config).__name__,
              len(cases), len(val_cases), cfg.steps)

@@ -208,6 +208,10 @@ def test_training_cli_on_phantoms_writes_every_output(tmp_path, monkeypatch):
     carbon = json.loads((run / "carbon.json").read_text())
     assert carbon["energy_source"] in ("rapl", "tdp_estimate")
     assert carbon["energy_kwh"] is None or carbon["energy_kwh"] >= 0
-    # resume extends the same run with its saved settings
+    assert json.loads((run / "data.json").read_text())["synthetic_shape"] == [24, 48, 48]
+    # resume extends the same run with its saved settings and data; other data flags are refused
+    assert cli(["train", "--out", str(run), "--resume", "--steps", "4", "--synthetic", "3",
+                "--no-carbon", "--no-progress"]) != 0
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 2
     assert cli(["train", "--out", str(run), "--resume", "--steps", "4", "--no-carbon", "--no-progress"]) == 0
     assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 4
