@@ -158,7 +158,13 @@ def compiled_predictor(model):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        fn = tf.function(lambda x: model(x, training=False), reduce_retracing=False)
+        traced = {}  # one graph per input shape: each traced once, no retracing warnings
+
+        def fn(x):
+            key = (tuple(x.shape), x.dtype)
+            if key not in traced:
+                traced[key] = tf.function(lambda t: model(t, training=False))
+            return traced[key](x)
     elif backend == "jax":
         import jax
 

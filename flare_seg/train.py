@@ -315,6 +315,14 @@ class TrainResult:
     samples_per_second: float = 0.0
 
 
+def interval_means(n0: int, means0: dict[str, float], n1: int, means1: dict[str, float]) -> dict[str, float]:
+    """Mean of batches ``n0+1 .. n1`` from Keras' running means after ``n0`` and ``n1`` batches.
+
+    Keras' ``logs`` hold means since ``fit()`` began, not the last batch's value; logging them as
+    they are would make a resumed run's curve jump (its mean restarts)."""
+    return {k: (n1 * m - n0 * means0.get(k, 0.0)) / max(n1 - n0, 1) for k, m in means1.items()}
+
+
 def _callbacks(run, paths, model_config, train_config, val_sampler, num_val, dataset, start_step, rows, writer):
     import keras
 
@@ -325,15 +333,18 @@ def _callbacks(run, paths, model_config, train_config, val_sampler, num_val, dat
 
         def __init__(self):
             super().__init__()
-            self.losses: dict[str, list[float]] = {}
+            # Keras logs running means since fit() began: see interval_means.
+            self.running: dict[str, float] = {}
+            self.batches = 0
+            self.interval_start: tuple[int, dict[str, float]] = (0, {})
             self.t_start = time.perf_counter()
             self.t_interval = time.perf_counter()
             self.steps_interval = 0
 
         def on_train_batch_end(self, batch, logs=None):
             step = start_step + batch + 1
-            for key, value in (logs or {}).items():
-                self.losses.setdefault(key, []).append(float(value))
+            self.running = {key: float(value) for key, value in (logs or {}).items()}
+            self.batches = batch + 1
             self.steps_interval += 1
             run.progress(step, logs or {}, dataset)
             if step % train_config.validate_every == 0 or step % train_config.checkpoint_every == 0 \
@@ -357,7 +368,8 @@ def _callbacks(run, paths, model_config, train_config, val_sampler, num_val, dat
 
         def _log_row(self, step):
             elapsed = time.perf_counter() - self.t_interval
-            row = {"step": step, **{k: float(np.mean(v)) for k, v in self.losses.items()},
+            losses = interval_means(*self.interval_start, self.batches, self.running)
+            row = {"step": step, **losses,
                    "steps_per_s": self.steps_interval / max(elapsed, 1e-9),
                    "samples_per_s": dataset.samples / max(dataset.sample_seconds, 1e-9)}
             if val_sampler is not None and step % train_config.validate_every == 0:
@@ -372,7 +384,7 @@ def _callbacks(run, paths, model_config, train_config, val_sampler, num_val, dat
                 rows[-1].update(row)
             else:
                 rows.append(row)
-            self.losses = {}
+            self.interval_start = (self.batches, dict(self.running))
             self.t_interval = time.perf_counter()
             self.steps_interval = 0
 

@@ -215,3 +215,11 @@ def test_training_cli_on_phantoms_writes_every_output(tmp_path, monkeypatch):
     assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 2
     assert cli(["train", "--out", str(run), "--resume", "--steps", "4", "--no-carbon", "--no-progress"]) == 0
     assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 4
+
+
+def test_interval_means_undo_keras_running_means():
+    losses = np.array([5.0, 4.0, 3.0, 2.5, 2.0, 1.0])
+    running = np.cumsum(losses) / np.arange(1, 7)  # what Keras logs after each batch
+    first = training.interval_means(0, {}, 2, {"loss": running[1]})
+    second = training.interval_means(2, {"loss": running[1]}, 6, {"loss": running[5]})
+    assert first["loss"] == pytest.approx(4.5) and second["loss"] == pytest.approx(losses[2:].mean())
