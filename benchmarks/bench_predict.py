@@ -6,7 +6,10 @@
 
 Cases: a 512x512x200 phantom at 0.8x0.8x2.5 mm, a 512x512x300 one (the RSS target), and the real
 upper-abdomen slab (examples/). Each case runs twice in a warm process; the second run is reported
-(the first traces the networks for that input size). Peak RSS is the process's (ru_maxrss).
+(the first traces the networks for that input size). ``peak_rss_mb`` is the peak RSS during that
+second run (the peak is reset after building the input, Linux only); ``rss_before_case_mb`` is what
+the process held before it (runtime, models, the input volume); ``peak_rss_process_mb`` the whole
+process's peak, phantom generation included.
 """
 import argparse
 import json
@@ -34,14 +37,17 @@ def _volume(case: str):
 
 def run_case(case: str, model_dir) -> dict:
     from flare_seg.flops import conv_flops
-    from flare_seg.instrument import StageTimer, peak_rss_bytes
+    from flare_seg.instrument import StageTimer, peak_rss_bytes, process_tree_rss_bytes, reset_peak_rss
     from flare_seg.predict import Segmenter
 
     array, geometry = _volume(case)
     segmenter = Segmenter.load(model_dir, device="cpu")
     segmenter.segment(array, geometry)  # warm-up: traces both networks for these sizes
+    rss_before = process_tree_rss_bytes(include_children=False)  # runtime + models + input volume
+    reset_ok = reset_peak_rss()  # so the peak is this case's, not the phantom generation's
     timer = StageTimer()
     result = segmenter.segment(array, geometry, timer=timer)
+    peak = peak_rss_bytes()
     seconds = timer.as_dict()
     total = timer.total()
     report = result.report
@@ -53,7 +59,9 @@ def run_case(case: str, model_dir) -> dict:
             "gflop": {k: round(v, 1) for k, v in gflop.items()},
             "gflop_per_s": {net: round(g / seconds[f"{net}_predict"], 1) for net, g in gflop.items()},
             "grids": {k: report[k]["input_shape_zyx"] for k in ("localizer", "segmenter") if report.get(k)},
-            "peak_rss_mb": round(peak_rss_bytes() / 2**20)}
+            "input_mb": round(array.nbytes / 2**20), "rss_before_case_mb": round(rss_before / 2**20),
+            "peak_rss_mb": round(peak / 2**20) if reset_ok else None,
+            "peak_rss_process_mb": round(peak / 2**20)}
 
 
 def main() -> None:
@@ -75,7 +83,8 @@ def main() -> None:
     for stage in stages + ["total_s"]:
         values = [r["seconds"].get(stage, 0.0) if stage != "total_s" else r["total_s"] for r in rows]
         print(f"| {stage} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
-    for key in ("outside_forward_share", "peak_rss_mb", "grids", "gflop", "gflop_per_s"):
+    for key in ("outside_forward_share", "input_mb", "rss_before_case_mb", "peak_rss_mb", "peak_rss_process_mb",
+                "grids", "gflop", "gflop_per_s"):
         print(f"| {key} | " + " | ".join(str(r[key]) for r in rows) + " |")
 
 

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol
 
 log = logging.getLogger(__name__)
@@ -301,9 +302,38 @@ class StageTimer:
         return float(sum(self._seconds.values()))
 
 
+def _status_kib(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (Linux), in KiB, or None elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far (``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
+    """Peak resident memory of this process since it started or since :func:`reset_peak_rss`.
+
+    Linux: ``VmHWM`` (which :func:`reset_peak_rss` can reset); elsewhere ``ru_maxrss``
+    (KiB on Linux, bytes on macOS), which only grows."""
+    hwm = _status_kib("VmHWM")
+    if hwm is not None:
+        return hwm * 1024
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS to its current RSS (Linux >= 4.0: ``clear_refs`` value 5).
+
+    Lets a benchmark measure the peak of one step (e.g. one case) after setup work such as
+    building the input. Returns False where the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from flare_seg import instrument
@@ -168,3 +169,16 @@ def test_sampler_rejects_bad_interval_and_double_start():
     finally:
         sampler.stop()
     assert instrument.to_mib(1.5 * MIB) == 2 and instrument.to_mib(MIB - 1) == 1
+
+
+def test_peak_rss_can_be_reset_after_setup_work():
+    from flare_seg.instrument import reset_peak_rss
+
+    block = np.ones(64 * MIB // 8)  # 64 MiB touched, then freed
+    del block
+    before = peak_rss_bytes()
+    if not reset_peak_rss():
+        pytest.skip("this kernel does not allow resetting the peak RSS")
+    after = peak_rss_bytes()
+    assert after <= before - 32 * MIB  # the freed block no longer counts
+    assert after >= process_tree_rss_bytes(include_children=False) - MIB
