@@ -337,15 +337,12 @@ def _callbacks(run, paths, model_config, train_config, val_sampler, num_val, dat
             self.running: dict[str, float] = {}
             self.batches = 0
             self.interval_start: tuple[int, dict[str, float]] = (0, {})
-            self.t_start = time.perf_counter()
             self.t_interval = time.perf_counter()
-            self.steps_interval = 0
 
         def on_train_batch_end(self, batch, logs=None):
             step = start_step + batch + 1
             self.running = {key: float(value) for key, value in (logs or {}).items()}
             self.batches = batch + 1
-            self.steps_interval += 1
             run.progress(step, logs or {}, dataset)
             if step % train_config.validate_every == 0 or step % train_config.checkpoint_every == 0 \
                     or step == train_config.steps:
@@ -370,7 +367,7 @@ def _callbacks(run, paths, model_config, train_config, val_sampler, num_val, dat
             elapsed = time.perf_counter() - self.t_interval
             losses = interval_means(*self.interval_start, self.batches, self.running)
             row = {"step": step, **losses,
-                   "steps_per_s": self.steps_interval / max(elapsed, 1e-9),
+                   "steps_per_s": (self.batches - self.interval_start[0]) / max(elapsed, 1e-9),
                    "samples_per_s": dataset.samples / max(dataset.sample_seconds, 1e-9)}
             if val_sampler is not None and step % train_config.validate_every == 0:
                 model = self.model
@@ -386,7 +383,6 @@ def _callbacks(run, paths, model_config, train_config, val_sampler, num_val, dat
                 rows.append(row)
             self.interval_start = (self.batches, dict(self.running))
             self.t_interval = time.perf_counter()
-            self.steps_interval = 0
 
     return [Monitor()]
 

@@ -219,7 +219,7 @@ def resolve_data_flags(args) -> None:
             raise ValueError(f"{path}: the run was started with other data flags ({', '.join(changed)}); "
                              "--resume reuses the saved ones: drop the data flags or start a new run")
         for key, value in saved.items():
-            if key in ("data",):
+            if key == "data":
                 value = [Path(v) for v in value]
             elif key == "val_data" and value is not None:
                 value = Path(value)

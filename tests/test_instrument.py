@@ -12,7 +12,7 @@ import pytest
 
 from flare_seg import instrument
 from flare_seg.instrument import (MIB, MemorySampler, NvmlProbe, StageTimer, memory_time_area, peak_rss_bytes,
-                                  process_tree_rss_bytes, stable_max, visible_gpu_index)
+                                  process_tree_rss_bytes, reset_peak_rss, stable_max, visible_gpu_index)
 
 
 def test_stable_max_ignores_short_spikes():
@@ -172,8 +172,6 @@ def test_sampler_rejects_bad_interval_and_double_start():
 
 
 def test_peak_rss_can_be_reset_after_setup_work():
-    from flare_seg.instrument import reset_peak_rss
-
     block = np.ones(64 * MIB // 8)  # 64 MiB touched, then freed
     del block
     before = peak_rss_bytes()
