@@ -25,8 +25,9 @@ FORWARD = ("loc_predict", "seg_predict")
 
 
 def _volume(case: str):
-    from flare_seg import io, phantom
+    from flare_seg import io
     from flare_seg.geometry import Geometry
+    from flare_seg.synth import phantom
 
     if case == "slab":
         volume = io.read_ct(ROOT / "examples" / "upper_abdomen_slab_0000.nii.gz")
@@ -75,7 +76,8 @@ def main() -> None:
         return
     rows = []
     for case in CASES:
-        cmd = [sys.executable, __file__, "--case", case] + (["--model-dir", str(args.model_dir)] if args.model_dir else [])
+        cmd = [sys.executable, __file__, "--case", case]
+        cmd += ["--model-dir", str(args.model_dir)] if args.model_dir else []
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     stages = list(rows[0]["seconds"])

@@ -25,12 +25,12 @@ def main() -> None:
     args = parser.parse_args()
     import keras
 
-    from flare_seg import phantom
     from flare_seg.config import LocalizerConfig, SegmenterConfig, TrainConfig
-    from flare_seg.data import LocSampler, SegSampler, make_case
     from flare_seg.geometry import Geometry
     from flare_seg.models import build_model
-    from flare_seg.train import compile_model
+    from flare_seg.synth import phantom
+    from flare_seg.training.data import LocSampler, SegSampler, make_case
+    from flare_seg.training.loop import compile_model
 
     rng = np.random.default_rng(0)
     ct, labels = phantom.make_phantom(rng, shape_zyx=(120, 256, 256), spacing_mm=(3.0, 1.6, 1.6))

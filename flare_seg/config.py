@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ class GridConfig:
     size_multiple: int
 
     def __post_init__(self) -> None:
-        for lo, hi in zip(self.size_min_zyx, self.size_max_zyx):
+        for lo, hi in zip(self.size_min_zyx, self.size_max_zyx, strict=True):
             if lo % self.size_multiple or hi % self.size_multiple or lo > hi:
                 raise ValueError(
                     f"grid sizes {self.size_min_zyx}..{self.size_max_zyx} must be multiples of "
@@ -166,7 +165,31 @@ class TrainConfig:
     fold: int | None = None
 
 
-CONFIG_KINDS: dict[str, type] = {"localizer": LocalizerConfig, "segmenter": SegmenterConfig, "train": TrainConfig}
+@dataclass(frozen=True)
+class DataConfig:
+    """What a training run trains and validates on; saved as ``data.json`` so ``--resume`` needs no flags.
+
+    ``data``/``val_data``: dataset folders or JSON lists (paths as strings); ``synthetic`` phantoms
+    are drawn with ``synthetic_shape_zyx``/``synthetic_spacing_mm`` (varied per phantom when
+    ``synthetic_vary``), a ``synthetic_chest`` share of them viewing the chest only.
+    """
+
+    data: tuple[str, ...] = ()
+    label_map: str | None = None
+    synthetic: int = 0
+    synthetic_shape_zyx: tuple[int, int, int] = (64, 160, 160)
+    synthetic_spacing_mm: tuple[float, float, float] = (5.0, 2.5, 2.5)
+    synthetic_vary: bool = False
+    synthetic_chest: float = 0.0
+    val_data: str | None = None
+    val_synthetic: int = 0
+
+    #: Keys of the flat ``data.json`` written before this dataclass existed.
+    LEGACY_KEYS = {"synthetic_shape": "synthetic_shape_zyx", "synthetic_spacing": "synthetic_spacing_mm"}
+
+
+CONFIG_KINDS: dict[str, type] = {"localizer": LocalizerConfig, "segmenter": SegmenterConfig, "train": TrainConfig,
+                                 "data": DataConfig}
 
 
 def _from_value(tp, value):
@@ -181,7 +204,7 @@ def _from_value(tp, value):
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_from_value(args[0], v) for v in value)
-        return tuple(_from_value(a, v) for a, v in zip(args, value))
+        return tuple(_from_value(a, v) for a, v in zip(args, value, strict=True))
     if tp is float and isinstance(value, int):
         return float(value)
     return value
@@ -208,19 +231,10 @@ def replace(config, **changes):
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` to ``path`` atomically (:func:`flare_seg.atomic.write_text`)."""
+    from flare_seg.atomic import write_text
+
+    write_text(path, text)
 
 
 def save_config(config, path: str | os.PathLike, **extra) -> None:
@@ -243,6 +257,9 @@ def load_config(path: str | os.PathLike):
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
     kind = payload.get("kind")
+    if kind is None and isinstance(payload, dict) and "synthetic" in payload:  # flat data.json of older runs
+        payload = {"kind": "data", "config": {DataConfig.LEGACY_KEYS.get(k, k): v for k, v in payload.items()}}
+        kind = "data"
     if kind not in CONFIG_KINDS:
         raise ValueError(f"{path}: unknown config kind {kind!r}; expected one of {sorted(CONFIG_KINDS)}")
     try:
@@ -252,7 +269,7 @@ def load_config(path: str | os.PathLike):
 
 
 __all__ = [
-    "AugmentConfig", "GridConfig", "IntensityConfig", "LocPreprocessConfig", "LocalizerConfig",
+    "AugmentConfig", "DataConfig", "GridConfig", "IntensityConfig", "LocPreprocessConfig", "LocalizerConfig",
     "NetworkConfig", "SegPreprocessConfig", "SegmenterConfig", "TrainConfig",
     "from_dict", "load_config", "save_config", "to_dict", "replace", "atomic_write_text",
 ]

@@ -16,7 +16,7 @@ def conv_flops(model, input_shape_zyx) -> int:
     probe = keras.Model(model.inputs, [layer.output for layer in convs])
     specs = probe.compute_output_spec(keras.KerasTensor((1, *input_shape_zyx, 1)))
     total = 0
-    for layer, spec in zip(convs, specs):
+    for layer, spec in zip(convs, specs, strict=True):
         kernel = layer.kernel.shape  # (kz, ky, kx, c_in, c_out)
         voxels = int(np.prod(spec.shape[1:4]))
         total += 2 * int(np.prod(kernel)) * voxels

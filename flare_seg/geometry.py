@@ -58,7 +58,7 @@ class Geometry:
     @property
     def extent_mm(self) -> tuple[float, float, float]:
         """Edge-to-edge extent along the array axes ``(z, y, x)``."""
-        return tuple(float(n * s) for n, s in zip(self.shape, self.spacing_mm))
+        return tuple(float(n * s) for n, s in zip(self.shape, self.spacing_mm, strict=True))
 
     def index_to_physical(self, index_zyx) -> np.ndarray:
         """Physical LPS point ``(x, y, z)`` of a (possibly fractional) array index ``(z, y, x)``."""
@@ -66,7 +66,7 @@ class Geometry:
         spacing_xyz = np.asarray(self.spacing_mm, dtype=np.float64)[::-1]
         return np.asarray(self.origin_mm) + (idx_xyz * spacing_xyz) @ self.direction_matrix.T
 
-    def mismatch(self, other: "Geometry") -> str | None:
+    def mismatch(self, other: Geometry) -> str | None:
         """Describe how ``other`` differs beyond the project's tolerances, or ``None`` if it matches."""
         if tuple(self.shape) != tuple(other.shape):
             return f"size {tuple(other.shape)} != {tuple(self.shape)} (z, y, x)"
@@ -81,7 +81,7 @@ class Geometry:
                 return f"{name} differs by {diff:.3g}{unit} (tolerance {tol:g}{unit})"
         return None
 
-    def matches(self, other: "Geometry") -> bool:
+    def matches(self, other: Geometry) -> bool:
         return self.mismatch(other) is None
 
     def to_dict(self) -> dict:

@@ -20,8 +20,9 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ class MemorySampler:
         self._t0 = time.perf_counter()
         self._t1: float | None = None
 
-    def start(self) -> "MemorySampler":
+    def start(self) -> MemorySampler:
         if self._thread is not None:
             raise RuntimeError("MemorySampler.start() called twice")
         if self._probe is None:
@@ -216,7 +217,7 @@ class MemorySampler:
         if self._owns_probe and self._probe is not None:
             self._probe.close()
 
-    def __enter__(self) -> "MemorySampler":
+    def __enter__(self) -> MemorySampler:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:

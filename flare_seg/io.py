@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from flare_seg.atomic import atomic_path
 from flare_seg.geometry import Geometry
 from flare_seg.preprocess import clamp_padding
 
@@ -255,26 +256,13 @@ def _to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
     return image
 
 
-def temporary_name(path: str | os.PathLike) -> Path:
-    """A temporary sibling of ``path`` with the same image suffix, never matching ``*_0000.nii.gz``."""
-    path = Path(path)
-    suffix = image_suffix(path) or path.suffix
-    return path.parent / f".{path.name[: -len(suffix)] if suffix else path.name}.{uuid.uuid4().hex[:12]}.partial{suffix}"
-
-
 def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike, compress: bool = True) -> None:
     """Write ``array`` (``(z, y, x)``) with ``geometry`` atomically (temporary file, then rename)."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"{path}: output folder {path.parent} does not exist")
-    tmp = temporary_name(path)
     try:
-        sitk.WriteImage(_to_sitk(array, geometry), str(tmp), useCompression=compress, compressionLevel=1)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            sitk.WriteImage(_to_sitk(array, geometry), str(tmp), useCompression=compress, compressionLevel=1)
     except RuntimeError as err:
         raise ValueError(f"{path}: cannot write image ({_one_line(err)})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_labels(labels: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,7 @@ from flare_seg.config import LocalizerConfig, SegmenterConfig, load_config, repl
 from flare_seg.geometry import IDENTITY_DIRECTION, Geometry, from_canonical, to_canonical
 from flare_seg.instrument import MemorySampler, StageTimer, peak_rss_bytes
 from flare_seg.labels import NAMES, ORGANS
-from flare_seg.preprocess import (Box, GridRecord, box_in_input, clamp_padding, loc_input, seg_input,
-                                  to_input_grid)
+from flare_seg.preprocess import Box, GridRecord, box_in_input, clamp_padding, loc_input, seg_input, to_input_grid
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +125,7 @@ class Segmenter:
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, *, device: str = "auto", memory="growth",
-             fp16: bool = False, threads: int | None = None) -> "Segmenter":
+             fp16: bool = False, threads: int | None = None) -> Segmenter:
         """Configure the device, then load ``model_dir/loc`` and ``model_dir/seg`` (default: bundled)."""
         from flare_seg.runtime import configure_device
 
@@ -179,7 +177,7 @@ class Segmenter:
             x_loc, loc_record = loc_input(canon, canon_geometry.spacing_mm, self.loc.config.preprocess)
         report["localizer"] = _grid_report(x_loc, loc_record)
         thin = [f"{n} voxels ({e:.0f} mm) along {axis}" for axis, n, e in
-                zip("zyx", canon.shape, canon_geometry.extent_mm) if e < THIN_VOLUME_MM]
+                zip("zyx", canon.shape, canon_geometry.extent_mm, strict=True) if e < THIN_VOLUME_MM]
         if thin:
             report["warnings"].append(f"thin volume: {', '.join(thin)}; organs are likely cut off and "
                                       "the localizer sees little context")
@@ -230,7 +228,7 @@ def segment_file(segmenter: Segmenter, volume, output_path: str | Path, options:
     report["warnings"] = list(volume.warnings) + report["warnings"]
     if qc_path is not None:
         with timer.stage("qc"):
-            from flare_seg.qc import overlay_png
+            from flare_seg.evaluation.qc import overlay_png
 
             overlay_png(volume.array, result.labels, volume.geometry, qc_path, title=Path(output_path).name)
         report["qc_png"] = str(qc_path)
@@ -251,7 +249,8 @@ class Job:
 
 
 def output_name(path: Path) -> str:
-    """``<case>_0000.nii.gz`` -> ``<case>.nii.gz``; ``<name>.<ext>`` -> ``<name>.nii.gz``; folder -> ``<folder>.nii.gz``."""
+    """``<case>_0000.nii.gz`` -> ``<case>.nii.gz``; ``<name>.<ext>`` -> ``<name>.nii.gz``;
+    a DICOM folder -> ``<folder>.nii.gz``."""
     from flare_seg.io import case_name
 
     return f"{case_name(path)}.nii.gz"

@@ -40,7 +40,7 @@ class GridRecord:
     def footprint(self) -> list[tuple[int, int]]:
         """Per axis, the inclusive range of input voxels whose centres fall inside the grid."""
         ranges = []
-        for n_in, n_out, start, step in zip(self.input_shape, self.output_shape, self.start, self.step):
+        for n_in, n_out, start, step in zip(self.input_shape, self.output_shape, self.start, self.step, strict=True):
             lo = max(0, math.ceil(start - 0.5 * step - 1e-9))
             hi = min(n_in - 1, math.floor(start + (n_out - 0.5) * step + 1e-9))
             ranges.append((lo, hi))
@@ -77,7 +77,7 @@ def choose_grid(extent_mm, grid: GridConfig) -> tuple[tuple[int, int, int], floa
     m = grid.size_multiple
     size = tuple(
         int(min(max(m * math.ceil(n / m), lo), hi))
-        for n, lo, hi in zip(needed, grid.size_min_zyx, grid.size_max_zyx)
+        for n, lo, hi in zip(needed, grid.size_min_zyx, grid.size_max_zyx, strict=True)
     )
     return size, spacing
 
@@ -85,7 +85,7 @@ def choose_grid(extent_mm, grid: GridConfig) -> tuple[tuple[int, int, int], floa
 def centred_record(input_shape, input_spacing_mm, centre_index, size, spacing_mm) -> GridRecord:
     """A grid of ``size`` at isotropic ``spacing_mm`` centred on input index ``centre_index``."""
     step = tuple(float(spacing_mm / s) for s in input_spacing_mm)
-    start = tuple(float(c - 0.5 * (n - 1) * st) for c, n, st in zip(centre_index, size, step))
+    start = tuple(float(c - 0.5 * (n - 1) * st) for c, n, st in zip(centre_index, size, step, strict=True))
     return GridRecord(tuple(int(n) for n in input_shape), tuple(int(n) for n in size),
                       (float(spacing_mm),) * 3, start, step)
 
@@ -102,7 +102,7 @@ def resample_to_grid(array: np.ndarray, record: GridRecord, *, order: int = 1, c
         order=order, mode="nearest", prefilter=False, output=np.float32,
     )
     for axis, (n_in, n_out, start, step) in enumerate(
-        zip(record.input_shape, record.output_shape, record.start, record.step)
+        zip(record.input_shape, record.output_shape, record.start, record.step, strict=True)
     ):
         coords = start + step * np.arange(n_out)
         outside = (coords < -0.5) | (coords > n_in - 0.5)
@@ -123,13 +123,13 @@ def _block_average(array: np.ndarray, factors) -> np.ndarray:
     factors = tuple(int(f) for f in factors)
     if all(f == 1 for f in factors):
         return np.asarray(array, dtype=np.float32)
-    out_shape = tuple(-(-n // f) for n, f in zip(array.shape, factors))
+    out_shape = tuple(-(-n // f) for n, f in zip(array.shape, factors, strict=True))
     out = np.zeros(out_shape, dtype=np.float32)
     for offset in itertools.product(*(range(f) for f in factors)):
-        view = array[tuple(slice(o, None, f) for o, f in zip(offset, factors))]
+        view = array[tuple(slice(o, None, f) for o, f in zip(offset, factors, strict=True))]
         out[tuple(slice(0, n) for n in view.shape)] += view
     counts = [np.minimum(f, n - f * np.arange(m)).astype(np.float32)
-              for n, f, m in zip(array.shape, factors, out_shape)]
+              for n, f, m in zip(array.shape, factors, out_shape, strict=True)]
     out /= counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]
     return out
 
@@ -308,7 +308,7 @@ def to_input_grid(
         grid_labels = prediction.astype(np.uint8) if labels_only else np.argmax(prediction, -1).astype(np.uint8)
         region = _grid_region(record, None)
         idx = []
-        for (lo, hi), n, start, step in zip(region, record.output_shape, record.start, record.step):
+        for (lo, hi), n, start, step in zip(region, record.output_shape, record.start, record.step, strict=True):
             idx.append(np.clip(np.rint((np.arange(lo, hi + 1) - start) / step), 0, n - 1).astype(np.intp))
         if all(len(i) for i in idx):
             out[tuple(slice(lo, hi + 1) for lo, hi in region)] = grid_labels[np.ix_(*idx)]

@@ -7,7 +7,7 @@
 """
 import sys
 
-from flare_seg.predict_cli import main
+from flare_seg.cli.predict import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,7 +5,7 @@
    ``default_rng([2024, 7, i])`` (training draws ``[11 or 12, 1 or 2, i]``), on clinical grids unlike
    the training grids (512 x 512 in-plane at 0.7-0.9 mm, 100-160 slices at 2-3 mm, varied per case),
    written as ``OUT/phantoms/{imagesTr,labelsTr}``, predicted into ``OUT/phantoms/predictions`` and
-   scored with :func:`flare_seg.evaluate.evaluate_folder` under the FLARE21 and FLARE22 protocols.
+   scored with :func:`flare_seg.evaluation.evaluate.evaluate_folder` under the FLARE21 and FLARE22 protocols.
 2. **Real slab** (``SHARED/upper_abdomen_slab``): DSC/NSD against its TotalSegmentator pseudo labels
    (liver, spleen, pancreas; the slab has no kidney: a predicted kidney is reported in ml).
 3. **Out of domain** (``SHARED/chest_out_of_domain``): organ voxels and ml found in the chest CT cut
@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flare_seg.cli.args import int_triple, triple
+
 log = logging.getLogger("evaluate_weights")
 
 HELD_OUT_SEED, HELD_OUT_STREAM = 2024, 7
@@ -47,29 +49,19 @@ DEFAULT_SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 # ----------------------------------------------------------------------------- arguments
-def _triple(text: str, kind=float) -> tuple:
-    try:
-        values = tuple(kind(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers z,y,x, got {text!r}") from None
-    if len(values) != 3 or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"expected three positive numbers z,y,x, got {text!r}")
-    return values
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, default=None, help="folder with loc/ and seg/ (default: bundled weights)")
     p.add_argument("--out", "-o", type=Path, default=Path("eval_weights"), help="output folder (default eval_weights)")
     p.add_argument("--phantoms", type=int, default=20, metavar="N", help="held-out phantoms (default 20)")
-    p.add_argument("--phantom-shape", type=lambda t: _triple(t, int), metavar="Z,Y,X",
+    p.add_argument("--phantom-shape", type=int_triple, metavar="Z,Y,X",
                    help="fixed phantom array size (default: 100-160 x 512 x 512, varied per case)")
-    p.add_argument("--phantom-spacing", type=_triple, metavar="Z,Y,X",
+    p.add_argument("--phantom-spacing", type=triple, metavar="Z,Y,X",
                    help="fixed phantom spacing in mm (default: 2-3 mm slices, 0.7-0.9 mm in-plane, varied)")
     p.add_argument("--fast", action="store_true",
-                   help="small phantoms for tests (%s voxels at %s mm)" % ("x".join(map(str, FAST_SHAPE)),
-                                                                           "x".join(map(str, FAST_SPACING))))
+                   help=f"small phantoms for tests ({'x'.join(map(str, FAST_SHAPE))} voxels at "
+                        f"{'x'.join(map(str, FAST_SPACING))} mm)")
     p.add_argument("--shared-data", type=Path, default=DEFAULT_SHARED,
                    help="the shared real data folder (default: %(default)s); parts whose files are absent are skipped")
     p.add_argument("--docs", type=Path, default=None, help="also copy the QC PNGs into this folder (e.g. docs/)")
@@ -109,9 +101,9 @@ def write_held_out_phantoms(folder: Path, args) -> list[dict]:
     """Draw and write the held-out phantoms (FLARE layout); returns one record per case."""
     from tqdm import tqdm
 
-    from flare_seg import phantom
+    from flare_seg.cli.phantom import DIRECTIONS, write_phantom
     from flare_seg.labels import NAMES, ORGANS
-    from flare_seg.phantom_cli import DIRECTIONS, write_phantom
+    from flare_seg.synth import phantom
 
     _clear_stale([folder / "imagesTr", folder / "labelsTr", folder / "predictions"])
     cases = []
@@ -144,7 +136,7 @@ def predict_phantoms(segmenter, folder: Path, progress: bool) -> list[dict]:
 
 def score_phantoms(folder: Path) -> dict:
     """Both protocols: the harness's summary document (percent) plus the per-case rows (fractions)."""
-    from flare_seg.evaluate import evaluate_folder, plot_boxplots, summary_document, write_csv
+    from flare_seg.evaluation.evaluate import evaluate_folder, plot_boxplots, summary_document, write_csv
 
     scores = {}
     for protocol in PROTOCOLS:
@@ -162,7 +154,7 @@ def held_out_section(segmenter, out: Path, args) -> dict:
         return {"skipped": "--phantoms 0"}
     cases = write_held_out_phantoms(folder, args)
     records = predict_phantoms(segmenter, folder, not args.no_progress)
-    for case, record in zip(cases, records):
+    for case, record in zip(cases, records, strict=True):
         case["pred_volume_ml"] = record.get("organ_volumes_ml")
         case["seconds_total"] = record.get("seconds_total")
     section = {"seed_stream": [HELD_OUT_SEED, HELD_OUT_STREAM], "cases": cases, **score_phantoms(folder)}
@@ -172,7 +164,7 @@ def held_out_section(segmenter, out: Path, args) -> dict:
 
 def _phantom_qc(folder: Path, case: str, qc_dir: Path, section: dict) -> Path:
     from flare_seg import io
-    from flare_seg.qc import overlay_png
+    from flare_seg.evaluation.qc import overlay_png
 
     ct, geometry, _ = io.read_image(folder / "imagesTr" / f"{case}_0000.nii.gz")
     pred, _, _ = io.read_image(folder / "predictions" / f"{case}.nii.gz")
@@ -185,8 +177,8 @@ def _phantom_qc(folder: Path, case: str, qc_dir: Path, section: dict) -> Path:
 def _segment_file(segmenter, path: Path, pred_path: Path, qc_path: Path | None = None, title: str = "") -> dict:
     """Segment one CT file, write its labels (and a QC PNG); returns volumes, voxel counts and notes."""
     from flare_seg import io
+    from flare_seg.evaluation.qc import overlay_png
     from flare_seg.labels import NAMES, ORGANS
-    from flare_seg.qc import overlay_png
 
     volume = io.read_ct(path)
     t0 = time.perf_counter()
@@ -216,7 +208,7 @@ def _gt_volumes_ml(gt_path: Path) -> dict:
 
 def slab_section(segmenter, shared: Path, out: Path) -> dict:
     """Real slab vs its pseudo labels: DSC/NSD per organ present; kidney (absent in GT) in ml."""
-    from flare_seg.evaluate import evaluate_case
+    from flare_seg.evaluation.evaluate import evaluate_case
 
     ct, gt = shared / SLAB_DIR / "ct.nii.gz", shared / SLAB_DIR / "labels_flare_pseudo.nii.gz"
     if not (ct.is_file() and gt.is_file()):

@@ -23,8 +23,14 @@ def shared_file(relative: str) -> Path:
 
 def tiny_configs():
     """Small localizer/SCN configs (same structure, few filters, coarse grids) for fast tests."""
-    from flare_seg.config import (GridConfig, LocalizerConfig, LocPreprocessConfig, NetworkConfig,
-                                  SegmenterConfig, SegPreprocessConfig)
+    from flare_seg.config import (
+        GridConfig,
+        LocalizerConfig,
+        LocPreprocessConfig,
+        NetworkConfig,
+        SegmenterConfig,
+        SegPreprocessConfig,
+    )
 
     loc = LocalizerConfig(network=NetworkConfig(levels=3, filters=4),
                           preprocess=LocPreprocessConfig(grid=GridConfig(12.0, (16, 16, 16), (64, 32, 32), 16)))
@@ -45,7 +51,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny_models")
     keras.utils.set_random_seed(0)
-    for name, config in zip(("loc", "seg"), tiny_configs()):
+    for name, config in zip(("loc", "seg"), tiny_configs(), strict=True):
         folder = root / name
         folder.mkdir()
         save_config(config, folder / "config.json")

@@ -10,7 +10,7 @@ import numpy as np
 
 from flare_seg.geometry import Geometry, to_canonical
 from flare_seg.predict import LoadedModel, Segmenter
-from flare_seg.preprocess import (box_in_input, loc_record, one_hot, resample_to_grid, seg_record)
+from flare_seg.preprocess import box_in_input, loc_record, one_hot, resample_to_grid, seg_record
 
 
 def oracle_segmenter(labels: np.ndarray, geometry: Geometry, loc_config, seg_config) -> Segmenter:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flare_seg import benchmark_run
+from flare_seg.evaluation import benchmark_run
 from flare_seg.instrument import NvmlProbe
 
 #: The "model": checks that its input folder holds exactly one image, holds 48 MiB for a moment,
@@ -83,7 +83,7 @@ def test_run_benchmark_one_case_at_a_time(inputs, script, tmp_path):
 
 
 def test_failing_case_is_recorded_and_cli_exits_non_zero(inputs, script, tmp_path, capsys):
-    from flare_seg.cli import main
+    from flare_seg.cli.main import main
 
     (inputs / "case_b_0000.nii.gz").rename(inputs / "bad_0000.nii.gz")
     out_json, out_csv, out_png = tmp_path / "runs.json", tmp_path / "runs.csv", tmp_path / "mem.png"

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import shared_file
-from flare_seg import io, metrics
+
+from flare_seg import io
+from flare_seg.evaluation import metrics
 from flare_seg.predict import Segmenter, default_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]

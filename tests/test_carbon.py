@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from flare_seg import carbon
+from flare_seg.training import carbon
 
 
 def test_sessions_are_summed_and_unknown_stays_unknown(tmp_path, monkeypatch):

@@ -4,8 +4,7 @@ import json
 
 import pytest
 
-from flare_seg.config import (LocalizerConfig, SegmenterConfig, TrainConfig, from_dict, load_config,
-                              save_config, to_dict)
+from flare_seg.config import LocalizerConfig, SegmenterConfig, TrainConfig, from_dict, load_config, save_config, to_dict
 
 
 @pytest.mark.parametrize("config", [LocalizerConfig(), SegmenterConfig(), TrainConfig(train_size_zyx=(64, 64, 64))])

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flare_seg import evaluate
+from flare_seg.evaluation import evaluate
 from flare_seg.geometry import Geometry
 from flare_seg.io import write_labels
 from flare_seg.labels import KIDNEY, LIVER, PANCREAS, SPLEEN
@@ -116,7 +116,7 @@ def test_summary_and_fold_tables(dataset):
 
 
 def test_cli_writes_csv_json_png_and_fails_on_the_error_case(dataset, tmp_path, capsys):
-    from flare_seg.cli import main
+    from flare_seg.cli.main import main
 
     pred_dir, gt_dir = dataset
     folds = tmp_path / "folds.json"
@@ -139,7 +139,7 @@ def test_cli_writes_csv_json_png_and_fails_on_the_error_case(dataset, tmp_path, 
 
 
 def test_cli_exit_zero_without_errors_and_bad_inputs(dataset, tmp_path):
-    from flare_seg.cli import main
+    from flare_seg.cli.main import main
 
     pred_dir, gt_dir = dataset
     (gt_dir / "offgrid.nii.gz").unlink()

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import SHARED_DATA
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "evaluate_weights.py"

@@ -20,8 +20,15 @@ SCRIPT = textwrap.dedent("""
     import numpy as np
     import keras
     assert keras.backend.backend() == "jax", keras.backend.backend()
-    from flare_seg import augment, data, losses, metrics, phantom, preprocess, train
-    from flare_seg.config import AugmentConfig, GridConfig, NetworkConfig, SegmenterConfig, SegPreprocessConfig, TrainConfig
+    from flare_seg import preprocess
+    from flare_seg.training import augment
+    from flare_seg.training import data
+    from flare_seg.training import losses
+    from flare_seg.evaluation import metrics
+    from flare_seg.synth import phantom
+    from flare_seg.training import loop as train
+    from flare_seg.config import (AugmentConfig, GridConfig, NetworkConfig, SegmenterConfig, SegPreprocessConfig,
+                                  TrainConfig)
     from flare_seg.geometry import Geometry
     from flare_seg.models import build_model
     from flare_seg.runtime import compiled_predictor
@@ -30,7 +37,8 @@ SCRIPT = textwrap.dedent("""
     ct, labels = phantom.make_phantom(rng, shape_zyx=(24, 48, 48), spacing_mm=(8.0, 8.0, 8.0))
     case = data.make_case("p", ct, labels, Geometry(ct.shape, (8.0, 8.0, 8.0)))
     seg = SegmenterConfig(local=NetworkConfig(2, 4), spatial=NetworkConfig(2, 4),
-                          preprocess=SegPreprocessConfig(grid=GridConfig(8.0, (32, 32, 32), (32, 32, 32), 32), margin_voxels=1))
+                          preprocess=SegPreprocessConfig(grid=GridConfig(8.0, (32, 32, 32), (32, 32, 32), 32),
+                                                               margin_voxels=1))
     cfg = TrainConfig(steps=3, checkpoint_every=3, validate_every=3, train_size_zyx=(32, 32, 32),
                       augment=AugmentConfig(elastic_mm=5.0))
     with tempfile.TemporaryDirectory() as run:

@@ -11,8 +11,18 @@ import numpy as np
 import pytest
 
 from flare_seg import instrument
-from flare_seg.instrument import (MIB, MemorySampler, NvmlProbe, StageTimer, memory_time_area, peak_rss_bytes,
-                                  process_tree_rss_bytes, reset_peak_rss, stable_max, visible_gpu_index)
+from flare_seg.instrument import (
+    MIB,
+    MemorySampler,
+    NvmlProbe,
+    StageTimer,
+    memory_time_area,
+    peak_rss_bytes,
+    process_tree_rss_bytes,
+    reset_peak_rss,
+    stable_max,
+    visible_gpu_index,
+)
 
 
 def test_stable_max_ignores_short_spikes():

@@ -1,14 +1,13 @@
 """CT reading/writing: formats, DICOM vs NIfTI, validation errors, atomic header-exact writing."""
 
-import gzip
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import shared_file
+
 from flare_seg import io
+from flare_seg.atomic import temporary_path
 from flare_seg.geometry import Geometry
 
 
@@ -52,7 +51,7 @@ def test_write_labels_is_header_exact_atomic_and_leaves_no_temporary(tmp_path):
 
 def test_temporary_names_keep_suffix_and_never_look_like_inputs(tmp_path):
     for _ in range(50):
-        name = io.temporary_name(tmp_path / "case_0000.nii.gz").name
+        name = temporary_path(tmp_path / "case_0000.nii.gz").name
         assert name.endswith(".nii.gz") and not name.endswith("_0000.nii.gz") and name.startswith(".")
 
 

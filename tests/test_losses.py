@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from flare_seg import losses
+from flare_seg.training import losses
 
 
 def _np(x):

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from flare_seg import metrics
+from flare_seg.evaluation import metrics
 from flare_seg.labels import KIDNEY, LIVER, PANCREAS, SPLEEN
 
 #: Spacing (z, y, x) for the shifted-cube cases: every non-zero corner-to-corner distance is at

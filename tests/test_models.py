@@ -1,12 +1,11 @@
 """Both networks: exact parameter counts, valid-size output shapes (symbolic), round trips, gradients."""
 
+import keras
 import numpy as np
 import pytest
-
-import keras
+from conftest import tiny_configs
 from keras import ops
 
-from conftest import tiny_configs
 from flare_seg.config import LocalizerConfig, SegmenterConfig, load_config, replace, save_config
 from flare_seg.models import build_model
 from flare_seg.models.layers import LinearUpSampling3D
@@ -74,7 +73,7 @@ def test_config_json_and_weights_round_trip_give_identical_outputs(tmp_path):
 def test_gradients_are_finite_and_stop_at_the_local_maps():
     import tensorflow as tf
 
-    from flare_seg import losses
+    from flare_seg.training import losses
 
     _, seg = tiny_configs()
     model = build_model(seg)

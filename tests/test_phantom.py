@@ -1,4 +1,4 @@
-"""Tests of the synthetic CT phantom (:mod:`flare_seg.phantom`): tiny volumes, NumPy/SciPy only."""
+"""Tests of the synthetic CT phantom (:mod:`flare_seg.synth.phantom`): tiny volumes, NumPy/SciPy only."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from flare_seg import labels as flare_labels
-from flare_seg import phantom
+from flare_seg.synth import phantom
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 AMOS_MAP = DATA / "amos_label_map" / "amos_0013_label_original.nii.gz"
@@ -218,7 +218,7 @@ def test_importable_without_tensorflow_keras_simpleitk():
     code = (
         "import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None; "
         "sys.modules['SimpleITK'] = None\n"
-        "import numpy as np, flare_seg.phantom as p\n"
+        "import numpy as np, flare_seg.synth.phantom as p\n"
         "ct, lab = p.make_phantom(np.random.default_rng(0), (8, 16, 16), (12.0, 24.0, 24.0))\n"
         "m = np.zeros((8, 16, 16), np.uint8); m[2:6, 4:10, 3:8] = 6\n"
         "ct2, lab2 = p.phantom_from_label_map(np.random.default_rng(0), m, (10.0, 20.0, 20.0))\n"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from flare_seg import io
-from flare_seg.cli import main as cli
+from flare_seg.cli.main import main as cli
 from flare_seg.geometry import to_canonical
 
 

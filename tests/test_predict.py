@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import shared_file, tiny_configs
-from flare_seg import io, metrics
-from flare_seg.cli import main as cli
-from flare_seg.geometry import Geometry, rotation_direction
-from flare_seg.predict import Job, Segmenter, plan_jobs, run_jobs, segment
 from oracle import oracle_segmenter
+
+from flare_seg import io
+from flare_seg.cli.main import main as cli
+from flare_seg.evaluation import metrics
+from flare_seg.geometry import Geometry, rotation_direction
+from flare_seg.predict import Segmenter, plan_jobs, segment
 
 STAGES = {"read", "loc_preprocess", "loc_predict", "roi", "seg_preprocess", "seg_predict", "to_input_grid", "write"}
 
@@ -28,7 +29,7 @@ def _write_ct(path: Path, array, spacing_zyx=(5.0, 3.0, 3.0), direction=None):
 
 
 def _phantom(seed=0, shape=(48, 96, 96), spacing=(5.0, 3.5, 3.5)):
-    from flare_seg import phantom
+    from flare_seg.synth import phantom
 
     return phantom.make_phantom(np.random.default_rng(seed), shape_zyx=shape, spacing_mm=spacing)
 
@@ -192,7 +193,8 @@ def test_unwritable_output_folder_fails_before_any_work(tmp_path, tiny_model_dir
     blocker.write_text("a file where the output folder should be")
     loaded = []
     monkeypatch.setattr(Segmenter, "load", classmethod(lambda cls, *a, **k: loaded.append(1)))
-    code = cli(["predict", "-i", str(tmp_path / "c_0000.nii.gz"), "-o", str(blocker / "out"), "-m", str(tiny_model_dir)])
+    code = cli(["predict", "-i", str(tmp_path / "c_0000.nii.gz"), "-o", str(blocker / "out"),
+                "-m", str(tiny_model_dir)])
     assert code == 2 and not loaded
 
 

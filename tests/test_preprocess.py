@@ -2,14 +2,27 @@
 
 import numpy as np
 import pytest
-
 from conftest import shared_file
-from flare_seg import metrics
+
 from flare_seg.config import GridConfig, IntensityConfig, LocPreprocessConfig, SegPreprocessConfig
+from flare_seg.evaluation import metrics
 from flare_seg.geometry import Geometry, to_canonical
-from flare_seg.preprocess import (GridRecord, _block_average, box_in_input, bounding_box, choose_grid,
-                                  clamp_padding, largest_component, loc_input, one_hot, resample_to_grid,
-                                  scale_intensity, seg_input, seg_record, to_input_grid)
+from flare_seg.preprocess import (
+    GridRecord,
+    _block_average,
+    bounding_box,
+    box_in_input,
+    choose_grid,
+    clamp_padding,
+    largest_component,
+    loc_input,
+    one_hot,
+    resample_to_grid,
+    scale_intensity,
+    seg_input,
+    seg_record,
+    to_input_grid,
+)
 
 LOC = LocPreprocessConfig()
 SEG = SegPreprocessConfig()
@@ -36,14 +49,14 @@ def test_localizer_grid_sizes_and_spacing_growth(extent_mm, expected_size, expec
     size, spacing = choose_grid(extent_mm, LOC.grid)
     assert size == expected_size and spacing == pytest.approx(expected_spacing)
     assert all(s % 16 == 0 for s in size)
-    assert all(n <= s * spacing + 1e-6 for n, s in zip(extent_mm, size))
+    assert all(n <= s * spacing + 1e-6 for n, s in zip(extent_mm, size, strict=True))
 
 
 def test_segmenter_grid_sizes_are_multiples_of_32_within_limits():
     for extent in [(10, 10, 10), (200, 150, 250), (320, 256, 320), (500, 200, 300)]:
         size, spacing = choose_grid(extent, SEG.grid)
-        assert all(s % 32 == 0 and 32 <= s <= m for s, m in zip(size, (160, 128, 160)))
-        assert spacing >= 2.0 and all(e <= s * spacing + 1e-6 for e, s in zip(extent, size))
+        assert all(s % 32 == 0 and 32 <= s <= m for s, m in zip(size, (160, 128, 160), strict=True))
+        assert spacing >= 2.0 and all(e <= s * spacing + 1e-6 for e, s in zip(extent, size, strict=True))
     assert choose_grid((500, 200, 300), SEG.grid)[1] == pytest.approx(500 / 160)
 
 
@@ -77,7 +90,7 @@ def test_seg_record_margin_is_clipped_to_the_image():
     # box 11 slices * 2.5 = 27.5 mm + 2 * 32 mm margin -> 91.5 mm -> 46 voxels -> 64
     assert record.output_shape[0] == 64
     edge = seg_record(((0, 0, 0), (10, 10, 10)), shape, spacing, SEG)
-    lo, hi = np.asarray(edge.footprint())[:, 0], np.asarray(edge.footprint())[:, 1]
+    lo = np.asarray(edge.footprint())[:, 0]
     assert np.all(lo == 0)  # clipped at the image border, grid centred on the clipped box
     x, rec = seg_input(np.zeros(shape, np.int16), spacing, box, SEG)
     assert x.shape == rec.output_shape
@@ -123,7 +136,7 @@ def _oracle_dsc(labels, spacing, mode):
 
 
 def test_oracle_round_trip_on_real_anatomy_meets_thresholds():
-    sitk = pytest.importorskip("SimpleITK")
+    pytest.importorskip("SimpleITK")
     from flare_seg import io
 
     labels, geometry, _ = io.read_image(shared_file("amos_label_map/labels_flare_manual.nii.gz"))
@@ -135,8 +148,8 @@ def test_oracle_round_trip_on_real_anatomy_meets_thresholds():
 
 
 def test_oracle_round_trip_on_an_oblique_anisotropic_phantom():
-    from flare_seg import phantom
     from flare_seg.geometry import rotation_direction
+    from flare_seg.synth import phantom
 
     rng = np.random.default_rng(7)
     ct, labels = phantom.make_phantom(rng, shape_zyx=(60, 160, 160), spacing_mm=(4.0, 2.2, 2.2))

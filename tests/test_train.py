@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
-import shutil
-
-import numpy as np
-import pytest
 
 import keras
-
+import numpy as np
+import pytest
 from conftest import tiny_configs
-from flare_seg import augment, data, train as training
+
 from flare_seg.config import AugmentConfig, TrainConfig, replace
-from flare_seg.data import TrainCase
-from flare_seg.ema import AdamEMA
 from flare_seg.geometry import Geometry
 from flare_seg.models import build_model
+from flare_seg.training import augment, data
+from flare_seg.training import loop as training
+from flare_seg.training.data import TrainCase
+from flare_seg.training.ema import AdamEMA
 
 
 def blob_case(i: int, rng) -> TrainCase:
@@ -54,7 +53,7 @@ def _weights(path, config):
 
 
 def _max_diff(a, b):
-    return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True))
 
 
 def test_ema_decay_warm_up():
@@ -192,7 +191,7 @@ def test_folds_are_seeded_disjoint_and_complete():
 
 
 def test_training_cli_on_phantoms_writes_every_output(tmp_path, monkeypatch):
-    from flare_seg.cli import main as cli
+    from flare_seg.cli.main import main as cli
     from flare_seg.config import save_config
 
     loc, seg = tiny_configs()

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flare_seg.cli.args import int_triple, triple
+
 log = logging.getLogger(__name__)
 
 DIRECTIONS = {
@@ -23,13 +25,6 @@ DIRECTIONS = {
     "ras": (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0),  # typical NIfTI storage
     "permuted": (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0),
 }
-
-
-def _triple(text, kind=float):
-    values = tuple(kind(v) for v in text.split(","))
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected z,y,x, got {text!r}")
-    return values
 
 
 def _direction(text: str):
@@ -49,8 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.add_argument("-n", "--count", type=int, default=1, help="number of phantoms (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed; phantom i uses default_rng([seed, i])")
-    p.add_argument("--shape", type=lambda t: _triple(t, int), default=(200, 512, 512), metavar="Z,Y,X")
-    p.add_argument("--spacing", type=_triple, default=(2.5, 0.8, 0.8), metavar="Z,Y,X", help="mm")
+    p.add_argument("--shape", type=int_triple, default=(200, 512, 512), metavar="Z,Y,X")
+    p.add_argument("--spacing", type=triple, default=(2.5, 0.8, 0.8), metavar="Z,Y,X", help="mm")
     p.add_argument("--direction", type=_direction, default=DIRECTIONS["identity"],
                    help="identity, ras, permuted, oblique, or 9 numbers (row-major ITK matrix)")
     p.add_argument("--mode", choices=("parametric", "labelmap"), default="parametric",
@@ -86,15 +81,15 @@ def write_phantom(out: Path, case: str, ct, labels, spacing, direction, layout: 
     io.write_image(ct_w, geometry, image_dir / f"{case}_0000.nii.gz")
     io.write_labels(lab_w, geometry, label_dir / f"{case}.nii.gz")
     if qc:
-        from flare_seg.qc import overlay_png
+        from flare_seg.evaluation.qc import overlay_png
 
         overlay_png(ct_w, lab_w, geometry, out / f"{case}_qc.png", title=case)
     return image_dir / f"{case}_0000.nii.gz"
 
 
 def run(args) -> int:
-    from flare_seg import phantom
-    from flare_seg.train_cli import phantom_label_map
+    from flare_seg.synth import phantom
+    from flare_seg.training.synthetic import phantom_label_map
 
     amos = phantom_label_map() if args.mode == "labelmap" else None
     means = []

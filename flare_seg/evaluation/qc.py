@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flare_seg.atomic import atomic_path
 from flare_seg.geometry import Geometry, to_canonical
 from flare_seg.labels import COLORS, NAMES
 
@@ -55,8 +56,9 @@ def overlay_png(ct_hu: np.ndarray, labels: np.ndarray, geometry: Geometry, path:
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.partial.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=90, format="png")
+    finally:
+        plt.close(fig)
     return path

@@ -1,7 +1,7 @@
 """The training loop: one long ``fit()`` with callbacks, EMA weights, atomic checkpoints, resume.
 
 Backend-neutral (TensorFlow, JAX or PyTorch under Keras 3): data come from a ``PyDataset``,
-the EMA lives in the optimizer (:class:`flare_seg.ema.AdamEMA`), and validation and checkpoints
+the EMA lives in the optimizer (:class:`flare_seg.training.ema.AdamEMA`), and validation and checkpoints
 are callbacks. Keras copies the EMA weights into the model when ``fit()`` ends; during the run,
 callbacks swap them in and out explicitly.
 
@@ -17,19 +17,17 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from flare_seg import __version__
+from flare_seg.atomic import atomic_path, copy_file
 from flare_seg.config import LocalizerConfig, SegmenterConfig, TrainConfig, atomic_write_text, save_config, to_dict
-from flare_seg.data import LocSampler, SegSampler, TrainCase
 from flare_seg.labels import NAMES
+from flare_seg.training.data import LocSampler, SegSampler, TrainCase
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +84,8 @@ def compile_model(model, model_config, train_config: TrainConfig):
     """Attach the paper's losses and Adam + EMA (optionally with loss scaling for mixed precision)."""
     import keras
 
-    from flare_seg import losses
-    from flare_seg.ema import AdamEMA
+    from flare_seg.training import losses
+    from flare_seg.training.ema import AdamEMA
 
     optimizer = AdamEMA(
         learning_rate=train_config.learning_rate, beta_1=train_config.beta_1, beta_2=train_config.beta_2,
@@ -163,11 +161,10 @@ def save_checkpoint(paths: RunPaths, model, step: int, writer: WeightsWriter, ex
     """Write raw + EMA weights, optimizer state, seed states and the step, atomically (folder swap)."""
     from keras import ops
 
-    from flare_seg.ema import swap_ema_weights
+    from flare_seg.training.ema import swap_ema_weights
 
-    tmp = paths.root / f".{CHECKPOINT}.{uuid.uuid4().hex[:8]}.partial"
-    tmp.mkdir()
-    try:
+    with atomic_path(paths.checkpoint) as tmp:  # the whole folder is swapped in at once
+        tmp.mkdir()
         writer.save(model, tmp / "raw.weights.h5")
         swap_ema_weights(model, model.optimizer)
         try:
@@ -178,17 +175,7 @@ def save_checkpoint(paths: RunPaths, model, step: int, writer: WeightsWriter, ex
         np.savez(tmp / "seeds.npz", *[ops.convert_to_numpy(v) for v in _seed_variables(model)])
         state = {"step": int(step), "flare_seg_version": __version__, "time": time.time(), **(extra or {})}
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
-        old = paths.root / f".{CHECKPOINT}.old"
-        if paths.checkpoint.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(paths.checkpoint, old)
-        os.replace(tmp, paths.checkpoint)
-        shutil.rmtree(old, ignore_errors=True)
-        weights_tmp = paths.root / f".model.{uuid.uuid4().hex[:8]}.weights.h5"
-        shutil.copyfile(paths.checkpoint / "ema.weights.h5", weights_tmp)
-        os.replace(weights_tmp, paths.weights)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    copy_file(paths.checkpoint / "ema.weights.h5", paths.weights)
 
 
 def find_checkpoint(paths: RunPaths) -> Path | None:
@@ -222,10 +209,10 @@ def load_checkpoint(paths: RunPaths, model) -> int:
     if len(values) != len(model.optimizer.variables):
         raise ValueError(f"{folder}: optimizer state has {len(values)} variables, model needs "
                          f"{len(model.optimizer.variables)} (different model or optimizer settings?)")
-    for var, value in zip(model.optimizer.variables, values):
+    for var, value in zip(model.optimizer.variables, values, strict=True):
         var.assign(value)
     with np.load(folder / "seeds.npz") as saved:
-        for var, key in zip(_seed_variables(model), sorted(saved.files, key=lambda k: int(k[4:]))):
+        for var, key in zip(_seed_variables(model), sorted(saved.files, key=lambda k: int(k[4:])), strict=True):
             var.assign(saved[key])
     return int(json.loads((folder / "state.json").read_text())["step"])
 
@@ -235,7 +222,7 @@ def load_checkpoint(paths: RunPaths, model) -> int:
 
 def validate(model, sampler, model_config, num_cases: int) -> dict[str, float]:
     """Mean DSC per label on deterministic (un-augmented) validation samples, on the network grid."""
-    from flare_seg.metrics import dice
+    from flare_seg.evaluation.metrics import dice
 
     names = output_names(model_config)
     scores: dict[str, list[float]] = {}
@@ -269,12 +256,10 @@ def write_log(path: Path, rows: list[dict]) -> None:
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
-    tmp = path.with_name(f".{path.name}.partial")
-    with tmp.open("w", newline="") as fh:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:
@@ -292,15 +277,16 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     for key in keys:  # validation rows are a subset of the logged steps
         points = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
         if points:
-            ax_dsc.plot(*zip(*points), marker=".", label=key[len("val_dsc_"):])
+            ax_dsc.plot(*zip(*points, strict=True), marker=".", label=key[len("val_dsc_"):])
     ax_dsc.set(xlabel="step", ylabel="DSC (EMA weights)", ylim=(0, 1), title="validation")
     if ax_dsc.lines:
         ax_dsc.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.partial.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -326,7 +312,7 @@ def interval_means(n0: int, means0: dict[str, float], n1: int, means1: dict[str,
 def _callbacks(run, paths, model_config, train_config, val_sampler, num_val, dataset, start_step, rows, writer):
     import keras
 
-    from flare_seg.ema import swap_ema_weights
+    from flare_seg.training.ema import swap_ema_weights
 
     class Monitor(keras.callbacks.Callback):
         """Progress, interval loss, validation on EMA weights, checkpoints, CSV and PNG."""
@@ -358,9 +344,7 @@ def _callbacks(run, paths, model_config, train_config, val_sampler, num_val, dat
             score = mean_validation_dsc(row)
             if score is None or any((mean_validation_dsc(r) or -1.0) > score for r in rows[:-1]):
                 return
-            tmp = paths.root / f".best.{uuid.uuid4().hex[:8]}.weights.h5"
-            shutil.copyfile(paths.weights, tmp)
-            os.replace(tmp, paths.best)
+            copy_file(paths.weights, paths.best)
             atomic_write_text(paths.root / "best.json", json.dumps({"step": int(row["step"]), "mean_val_dsc": score}))
 
         def _log_row(self, step):
@@ -472,9 +456,9 @@ def train(
 
 def swap_ema_weights_init(model) -> None:
     """After loading initial weights, start the EMA from them too (not from the random init)."""
-    from flare_seg.ema import ema_variables
+    from flare_seg.training.ema import ema_variables
 
     inner = getattr(model.optimizer, "inner_optimizer", model.optimizer)
-    for var, average in zip(inner._trainable_variables, ema_variables(model.optimizer)):
+    for var, average in zip(inner._trainable_variables, ema_variables(model.optimizer), strict=True):
         if average is not None:
             average.assign(var)

@@ -132,7 +132,7 @@ def _rotation(angles_rad):
 def _ellipsoid(q, centre, semi):
     """Approximate signed distance (mm) to an ellipsoid; ``semi`` entries may be (neg, pos) pairs."""
     acc = 0.0
-    for qi, ci, si in zip(q, centre, semi):
+    for qi, ci, si in zip(q, centre, semi, strict=True):
         d = qi - ci
         s = np.where(d < 0, si[0], si[1]) if isinstance(si, tuple) else si
         acc = acc + (d / s) ** 2
@@ -155,12 +155,12 @@ def _chain_sdf(q, pts, radii, axes=None, margin_mm=0.0):
     shape = np.broadcast_shapes(*(np.shape(c) for c in q))
     out = np.full(shape, 1e4, np.float32)
     pts, radii = np.asarray(pts, np.float64), np.asarray(radii, np.float64)
-    for a, b, ra, rb in zip(pts[:-1], pts[1:], radii[:-1], radii[1:]):
+    for a, b, ra, rb in zip(pts[:-1], pts[1:], radii[:-1], radii[1:], strict=True):
         sl = (slice(None),) * 3
         if axes is not None:
             lo, hi = np.minimum(a, b) - max(ra, rb) - margin_mm, np.maximum(a, b) + max(ra, rb) + margin_mm
-            sl = tuple(slice(np.searchsorted(ax, l), np.searchsorted(ax, h, "right"))
-                       for ax, l, h in zip(axes, lo, hi))
+            sl = tuple(slice(np.searchsorted(ax, lo_ax), np.searchsorted(ax, hi_ax, "right"))
+                       for ax, lo_ax, hi_ax in zip(axes, lo, hi, strict=True))
             if any(s.stop <= s.start for s in sl):
                 continue
         c = [np.broadcast_to(ci, shape)[sl] for ci in q]
@@ -200,19 +200,19 @@ class _Canvas:
         self.shape = tuple(int(n) for n in shape)
         self.spacing = np.asarray(spacing_mm, np.float64)
         self.axes = [((np.arange(n) - (n - 1) / 2.0) * s + c).astype(np.float32)
-                     for n, s, c in zip(self.shape, self.spacing, shift_mm)]
+                     for n, s, c in zip(self.shape, self.spacing, shift_mm, strict=True)]
         self.tissue = np.full(self.shape, AIR, np.uint8)
 
     def box(self, lo, hi):
         """Index slices of the voxels inside the physical box [lo, hi], or None if none."""
-        sl = tuple(slice(int(np.searchsorted(ax, l)), int(np.searchsorted(ax, h, "right")))
-                   for ax, l, h in zip(self.axes, lo, hi))
+        sl = tuple(slice(int(np.searchsorted(ax, lo_ax)), int(np.searchsorted(ax, hi_ax, "right")))
+                   for ax, lo_ax, hi_ax in zip(self.axes, lo, hi, strict=True))
         return None if any(s.stop <= s.start for s in sl) else sl
 
     def work_axes(self, sl, work_mm):
         """Coarse work-grid coordinates spanning the same first and last voxel centres as ``sl``."""
         out = []
-        for ax, s, sp in zip(self.axes, sl, self.spacing):
+        for ax, s, sp in zip(self.axes, sl, self.spacing, strict=True):
             n = s.stop - s.start
             n_work = n if sp >= 0.75 * work_mm else min(n, int(np.ceil((n - 1) * sp / work_mm)) + 1)
             out.append(np.linspace(ax[s.start], ax[s.stop - 1], max(n_work, 1)).astype(np.float32))
@@ -584,7 +584,7 @@ def _haustra(pts, radii, step_mm=18.0):
 
 def _local(q, centre, R, scale=1.0):
     """Coordinates of ``q`` in a structure's own frame: rotated by R^T about ``centre``, scaled."""
-    d = [qi - ci for qi, ci in zip(q, centre)]
+    d = [qi - ci for qi, ci in zip(q, centre, strict=True)]
     scale = np.broadcast_to(np.asarray(scale, np.float64), (3,))
     return [sum(R[j, i] * d[j] for j in range(3)) / scale[i] for i in range(3)]
 
@@ -742,7 +742,7 @@ def _draw_hu(rng, cfg, phase):
     lut = np.zeros(256, np.float32)
     for code, lo_hi in sorted(STATIC_HU.items()):
         lut[code] = _u(rng, lo_hi)
-    for code, lo_hi in zip(_PHASE_TISSUES, PHASE_HU[phase]):
+    for code, lo_hi in zip(_PHASE_TISSUES, PHASE_HU[phase], strict=True):
         lut[code] = _u(rng, lo_hi)
     lut[ABOVE_DOME] = lut[LUNG]
     if rng.random() < cfg.oral_contrast_probability:
@@ -904,7 +904,7 @@ def _label_map_layout(label_map, spacing_mm, source):
     """Where the labelled organs are: (axial projection points (y, x), spine (y, x), top z of
     liver/spleen or None), in millimetres from the centre of the field of view."""
     info = _SOURCES[source]
-    axes = [(np.arange(n) - (n - 1) / 2.0) * s for n, s in zip(label_map.shape, spacing_mm)]
+    axes = [(np.arange(n) - (n - 1) / 2.0) * s for n, s in zip(label_map.shape, spacing_mm, strict=True)]
     proj = np.nonzero((label_map > 0).any(axis=0))
     pts = np.stack([axes[1][proj[0]], axes[2][proj[1]]], axis=1)[:: max(1, len(proj[0]) // 20000)]
     kidney = _centroid_mm(label_map, info["kidney"], axes)

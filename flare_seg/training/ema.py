@@ -32,7 +32,7 @@ class AdamEMA(keras.optimizers.Adam):
 
     def _update_model_variables_moving_average(self, trainable_variables):
         decay = self.ema_decay()
-        for var, average in zip(trainable_variables, self._model_variables_moving_average):
+        for var, average in zip(trainable_variables, self._model_variables_moving_average, strict=True):
             if average is None:
                 continue
             d = ops.cast(decay, var.dtype)
@@ -53,7 +53,7 @@ def ema_variables(optimizer) -> list:
 def swap_ema_weights(model, optimizer) -> None:
     """Exchange the model's trainable weights with their EMA copies (call twice to undo)."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)
-    for var, average in zip(inner._trainable_variables, ema_variables(optimizer)):
+    for var, average in zip(inner._trainable_variables, ema_variables(optimizer), strict=True):
         if average is None:
             continue
         current = ops.convert_to_numpy(var)

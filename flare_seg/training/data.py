@@ -20,12 +20,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from flare_seg import augment, labels as flare_labels
+
+from flare_seg import labels as flare_labels
 from flare_seg.config import LocPreprocessConfig, SegPreprocessConfig, TrainConfig, atomic_write_text
 from flare_seg.geometry import Geometry, to_canonical
-from flare_seg.preprocess import (GridRecord, bounding_box, clamp_padding, loc_record, one_hot, scale_intensity,
-                                  seg_record,
-                                  smooth_for_localizer)
+from flare_seg.preprocess import (
+    GridRecord,
+    bounding_box,
+    clamp_padding,
+    loc_record,
+    one_hot,
+    scale_intensity,
+    seg_record,
+    smooth_for_localizer,
+)
+from flare_seg.training import augment
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +129,7 @@ def body_crop(image, labels, spacing_mm, margin_mm) -> tuple[slice, slice, slice
         return (slice(None),) * 3
     margin = [int(math.ceil(margin_mm / s)) for s in spacing_mm]
     return tuple(slice(max(lo - m, 0), min(hi + m + 1, n))
-                 for lo, hi, m, n in zip(box[0], box[1], margin, image.shape))
+                 for lo, hi, m, n in zip(box[0], box[1], margin, image.shape, strict=True))
 
 
 # ----------------------------------------------------------------------------- folds

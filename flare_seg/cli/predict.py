@@ -81,7 +81,8 @@ def _print_table(records: list[dict]) -> None:
         vols = r.get("organ_volumes_ml") or {}
         cols = "  ".join(f"{vols.get(k, float('nan')):7.1f}" for k in ("liver", "kidney", "spleen", "pancreas"))
         seconds = r.get("seconds_total")
-        print(f"{r['case'][:28]:<28} {r['status']:<8} {seconds if seconds is not None else '':>8} {cols if vols else ''}")
+        shown_seconds = seconds if seconds is not None else ""
+        print(f"{r['case'][:28]:<28} {r['status']:<8} {shown_seconds:>8} {cols if vols else ''}")
         if r.get("error"):
             print(f"  error: {r['error']}")
 
@@ -131,6 +132,6 @@ def main(argv=None) -> int:
     """Entry of ``inference/predict.py``: ``flare-seg predict`` with the same arguments."""
     import sys
 
-    from flare_seg.cli import main as cli_main
+    from flare_seg.cli.main import main as cli_main
 
     return cli_main(["predict"] + list(argv if argv is not None else sys.argv[1:]))

@@ -32,7 +32,7 @@ class SpatialTransform:
     displacement_mm: np.ndarray | None = None
 
     @classmethod
-    def identity(cls) -> "SpatialTransform":
+    def identity(cls) -> SpatialTransform:
         return cls(np.eye(3), np.zeros(3), None)
 
 
@@ -53,7 +53,8 @@ def random_transform(rng: np.random.Generator, cfg: AugmentConfig) -> SpatialTra
     if not cfg.enabled:
         return SpatialTransform.identity()
     angles = rng.uniform(-cfg.rotation_rad, cfg.rotation_rad, size=3)
-    scale = rng.uniform(1 - cfg.scale, 1 + cfg.scale) * rng.uniform(1 - cfg.scale_per_axis, 1 + cfg.scale_per_axis, size=3)
+    per_axis = rng.uniform(1 - cfg.scale_per_axis, 1 + cfg.scale_per_axis, size=3)
+    scale = rng.uniform(1 - cfg.scale, 1 + cfg.scale) * per_axis
     matrix = rotation_matrix(angles) @ np.diag(scale)
     translation = rng.uniform(-cfg.translation_mm, cfg.translation_mm, size=3)
     displacement = None
@@ -78,7 +79,7 @@ def _dense_displacement(control: np.ndarray, shape) -> np.ndarray:
     Separable: three small matrix products instead of ``ndimage.zoom``'s 64 taps per voxel; the
     same linear operator (each basis column is ``zoom`` of a unit impulse), ~20x faster.
     """
-    bz, by, bx = (_bspline_basis(n, g) for n, g in zip(shape, control.shape[1:]))
+    bz, by, bx = (_bspline_basis(n, g) for n, g in zip(shape, control.shape[1:], strict=True))
     field = np.einsum("cijk,xk->cijx", control.astype(np.float32), bx)
     field = np.einsum("cijx,yj->ciyx", field, by)
     return np.einsum("ciyx,zi->czyx", field, bz, optimize=True)
@@ -91,7 +92,7 @@ def sample_coordinates(record: GridRecord, input_spacing_mm, transform: SpatialT
     in_spacing = np.asarray(input_spacing_mm, dtype=np.float64)
     centre_out = (np.asarray(shape) - 1) / 2.0
     centre_in = np.asarray(record.start) + centre_out * np.asarray(record.step)
-    axes = [((np.arange(n) - c) * s).astype(np.float32) for n, c, s in zip(shape, centre_out, out_spacing)]
+    axes = [((np.arange(n) - c) * s).astype(np.float32) for n, c, s in zip(shape, centre_out, out_spacing, strict=True)]
     coords = np.empty((3, *shape), dtype=np.float32)
     for i in range(3):  # p_in[i] = sum_j M[i, j] p_out[j] + t[i], built by broadcasting
         acc = np.full(shape, transform.translation_mm[i], dtype=np.float32)

@@ -17,11 +17,11 @@ from flare_seg import __version__
 
 #: subcommand -> (module implementing it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "predict": ("flare_seg.predict_cli", "segment CT files or folders (FLARE naming, report, QC)"),
-    "evaluate": ("flare_seg.evaluate", "score predictions against ground truth (DSC, NSD; FLARE21/22 rules)"),
-    "benchmark-run": ("flare_seg.benchmark_run", "run a command one case at a time, timing it and sampling memory"),
-    "train": ("flare_seg.train_cli", "train the localizer or the SCN (EMA weights, resumable)"),
-    "phantom": ("flare_seg.phantom_cli", "write synthetic abdominal CT phantoms with FLARE labels"),
+    "predict": ("flare_seg.cli.predict", "segment CT files or folders (FLARE naming, report, QC)"),
+    "evaluate": ("flare_seg.cli.evaluate", "score predictions against ground truth (DSC, NSD; FLARE21/22 rules)"),
+    "benchmark-run": ("flare_seg.cli.benchmark_run", "run a command one case at a time, timing it and sampling memory"),
+    "train": ("flare_seg.cli.train", "train the localizer or the SCN (EMA weights, resumable)"),
+    "phantom": ("flare_seg.cli.phantom", "write synthetic abdominal CT phantoms with FLARE labels"),
 }
 
 

@@ -2,7 +2,7 @@
 
 carbontracker's monitor thread calls ``os._exit(70)`` on some errors, which no ``try`` can catch,
 and it looks up the machine's location over the network. So it never runs inside the training
-process: :class:`CarbonWatcher` starts ``python -m flare_seg.carbon`` which tracks until the
+process: :class:`CarbonWatcher` starts ``python -m flare_seg.training.carbon`` which tracks until the
 training process ends or asks it to stop, then writes ``carbon.json``. Offline, the carbon
 intensity falls back to carbontracker's global average (labelled as such). On CPUs without RAPL
 power counters (this project's CI machines) carbontracker estimates power from the CPU's TDP:
@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from flare_seg.atomic import write_text
+
 log = logging.getLogger(__name__)
 
 RAPL_PATH = Path("/sys/class/powercap/intel-rapl")
@@ -34,12 +36,12 @@ class CarbonWatcher:
         self.process: subprocess.Popen | None = None
         self.stop_file = self.run_dir / ".carbon.stop"
 
-    def start(self) -> "CarbonWatcher":
+    def start(self) -> CarbonWatcher:
         if not self.enabled:
             self._write_disabled()
             return self
         self.stop_file.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "flare_seg.carbon", "--pid", str(os.getpid()),
+        cmd = [sys.executable, "-m", "flare_seg.training.carbon", "--pid", str(os.getpid()),
                "--run-dir", str(self.run_dir)]
         try:
             self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -79,9 +81,7 @@ def _json_safe(value):
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(payload, indent=2, default=_json_safe) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(payload, indent=2, default=_json_safe) + "\n")
 
 
 def _alive(pid: int) -> bool:

@@ -1,0 +1,5 @@
+import sys
+
+from flare_seg.cli.main import main
+
+sys.exit(main())

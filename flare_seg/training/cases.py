@@ -1,0 +1,73 @@
+"""A run's training and validation cases from its :class:`~flare_seg.config.DataConfig`.
+
+The data config is saved in the run folder (``data.json``), so ``--resume`` needs no data flags
+and refuses others: resuming on other data would silently change what the checkpoint's step
+count means.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from flare_seg.config import DataConfig, TrainConfig, load_config, replace, save_config
+
+log = logging.getLogger(__name__)
+
+DATA_FILE = "data.json"
+
+
+def resolve_data_config(out: Path, given: DataConfig, resume: bool) -> DataConfig:
+    """The run's data config: saved in ``out/data.json`` for a new run, read back from it on resume."""
+    path = Path(out) / DATA_FILE
+    if resume and path.exists():
+        saved = load_config(path)
+        if given != DataConfig() and given != saved:
+            changed = sorted(k for k in DataConfig.__dataclass_fields__ if getattr(given, k) != getattr(saved, k))
+            raise ValueError(f"{path}: the run was started with other data flags ({', '.join(changed)}); "
+                             "--resume reuses the saved ones: drop the data flags or start a new run")
+        return saved
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_config(given, path)
+    return given
+
+
+def load_dataset(sources, label_map: str | None) -> list:
+    """Every (image, label) pair of the dataset folders / JSON lists in ``sources`` as training cases."""
+    from flare_seg.labels import parse_label_map
+    from flare_seg.training.data import find_pairs, load_case
+
+    mapping = parse_label_map(label_map) if label_map else None
+    cases = []
+    for source in sources:
+        for case_id, image, label in find_pairs(source):
+            cases.append(load_case(case_id, image, label, label_map=mapping))
+            log.info("loaded %s %s", case_id, cases[-1].image_hu.shape)
+    return cases
+
+
+def training_cases(data: DataConfig, cfg: TrainConfig, out: Path) -> tuple[list, list]:
+    """(training cases, validation cases); a cross-validation fold's split is saved as ``folds.json``."""
+    from flare_seg.training.data import make_folds, save_folds, split_fold
+    from flare_seg.training.synthetic import TRAIN_STREAM, VAL_STREAM, SyntheticSpec, synthetic_cases
+
+    cases = load_dataset([Path(p) for p in data.data], data.label_map)
+    spec = SyntheticSpec(data.synthetic_shape_zyx, data.synthetic_spacing_mm, data.synthetic_vary,
+                         data.synthetic_chest)
+    cases += synthetic_cases(data.synthetic, cfg.seed, TRAIN_STREAM, spec)
+    if not cases:
+        raise ValueError("no training data: give --data and/or --synthetic N")
+    val = load_dataset([Path(data.val_data)], data.label_map) if data.val_data else []
+    val += synthetic_cases(data.val_synthetic, cfg.seed, VAL_STREAM, replace(spec, chest_fraction=0.0))
+    if cfg.fold is not None:
+        folds_path = Path(out) / "folds.json"
+        if folds_path.exists():
+            folds = json.loads(folds_path.read_text())
+        else:
+            folds = make_folds([c.case_id for c in cases], cfg.folds, cfg.seed)
+            folds_path.parent.mkdir(parents=True, exist_ok=True)
+            save_folds(folds, folds_path)
+        cases, held = split_fold(cases, folds, cfg.fold)
+        val += held
+    return cases, val
