@@ -52,15 +52,15 @@ def run_case(case: str, model_dir) -> dict:
     peak = peak_rss_bytes()
     seconds = timer.as_dict()
     total = timer.total()
-    report = result.report
-    gflop = {net: conv_flops(model.model, tuple(report[key]["input_shape_zyx"])) / 1e9
+    grids = {"localizer": result.report.localizer, "segmenter": result.report.segmenter}
+    gflop = {net: conv_flops(model.model, tuple(grids[key].input_shape_zyx)) / 1e9
              for net, model, key in (("loc", segmenter.loc, "localizer"), ("seg", segmenter.seg, "segmenter"))
-             if report.get(key)}
+             if grids[key] is not None}
     return {"case": case, "shape_zyx": list(array.shape), "seconds": seconds, "total_s": round(total, 3),
             "outside_forward_share": round(1 - sum(seconds.get(k, 0) for k in FORWARD) / total, 3),
             "gflop": {k: round(v, 1) for k, v in gflop.items()},
             "gflop_per_s": {net: round(g / seconds[f"{net}_predict"], 1) for net, g in gflop.items()},
-            "grids": {k: report[k]["input_shape_zyx"] for k in ("localizer", "segmenter") if report.get(k)},
+            "grids": {k: g.input_shape_zyx for k, g in grids.items() if g is not None},
             "input_mb": round(array.nbytes / 2**20), "rss_before_case_mb": round(rss_before / 2**20),
             "peak_rss_mb": round(peak / 2**20) if reset_ok else None,
             "peak_rss_process_mb": round(max(peak, peak_before) / 2**20)}

@@ -22,6 +22,7 @@ from flare_seg.geometry import IDENTITY_DIRECTION, Geometry, from_canonical, to_
 from flare_seg.instrument import MemorySampler, StageTimer, peak_rss_bytes
 from flare_seg.labels import NAMES, ORGANS
 from flare_seg.preprocess import Box, GridRecord, box_in_input, clamp_padding, loc_input, seg_input, to_input_grid
+from flare_seg.report import BoxReport, CaseReport, GridReport
 
 log = logging.getLogger(__name__)
 
@@ -97,22 +98,11 @@ class CaseResult:
     """Labels on the input grid (input orientation, uint8) and the case's report."""
 
     labels: np.ndarray
-    report: dict = field(default_factory=dict)
+    report: CaseReport = field(default_factory=CaseReport)
 
 
-def _box_report(box: Box | None, geometry: Geometry, input_shape) -> dict | None:
-    if box is None:
-        return None
-    lo, hi = np.asarray(box[0]), np.asarray(box[1])
-    touches = bool(np.any(lo == 0) or np.any(hi == np.asarray(input_shape) - 1))
-    corners = [geometry.index_to_physical(lo - 0.5).tolist(), geometry.index_to_physical(hi + 0.5).tolist()]
-    return {"index_lo_zyx": lo.tolist(), "index_hi_zyx": hi.tolist(),
-            "size_mm_zyx": ((hi - lo + 1) * np.asarray(geometry.spacing_mm)).round(2).tolist(),
-            "corners_mm_lps": [[round(v, 2) for v in c] for c in corners], "touches_border": touches}
-
-
-def _grid_report(x: np.ndarray, record: GridRecord) -> dict:
-    return {"input_shape_zyx": list(x.shape), "spacing_mm": record.spacing_mm[0]}
+def _grid_report(x: np.ndarray, record: GridRecord) -> GridReport:
+    return GridReport(list(x.shape), record.spacing_mm[0])
 
 
 class Segmenter:
@@ -143,12 +133,12 @@ class Segmenter:
         return {"flare_seg_version": __version__, "weights_sha256": {"loc": self.loc.weights_sha256,
                 "seg": self.seg.weights_sha256}, "model_dir": str(Path(self.seg.folder).parent), **info}
 
-    def _run(self, loaded: LoadedModel, x: np.ndarray, name: str, report: dict) -> dict:
+    def _run(self, loaded: LoadedModel, x: np.ndarray, name: str, report: CaseReport) -> dict:
         from flare_seg.runtime import allocator_peak_bytes
 
         allocator_peak_bytes(reset=True)
         out = loaded.predict(x[None, ..., None])
-        report.setdefault("allocator_peak_bytes", {})[name] = allocator_peak_bytes()
+        report.allocator_peak_bytes[name] = allocator_peak_bytes()
         return out
 
     def segment(self, array_hu: np.ndarray, geometry: Geometry, options: SegmentOptions | None = None,
@@ -156,30 +146,30 @@ class Segmenter:
         """Segment a ``(z, y, x)`` HU array lying on ``geometry``; labels come back on the same grid."""
         options = options or SegmentOptions()
         timer = timer or StageTimer()
-        report: dict = {"warnings": [], "notes": []}
+        report = CaseReport()
         with timer.stage("loc_preprocess"):
             canon, canon_geometry, orient = to_canonical(clamp_padding(array_hu), geometry)
         box = self._localize(canon, canon_geometry, options, timer, report)
         if box is None:
-            report["notes"].append("localizer found no organ: all-background label map")
-            report["organ_volumes_ml"] = {NAMES[o]: 0.0 for o in ORGANS}
+            report.notes.append("localizer found no organ: all-background label map")
+            report.organ_volumes_ml = {NAMES[o]: 0.0 for o in ORGANS}
             return CaseResult(np.zeros(array_hu.shape, dtype=np.uint8), report)
         canon_labels = self._segment_box(canon, canon_geometry, box, options, timer, report)
         with timer.stage("to_input_grid"):
             labels = np.ascontiguousarray(from_canonical(canon_labels, orient))
         counts = np.bincount(labels.ravel(), minlength=len(NAMES))
-        report["organ_volumes_ml"] = {NAMES[o]: round(float(counts[o]) * geometry.voxel_volume_ml, 2) for o in ORGANS}
+        report.organ_volumes_ml = {NAMES[o]: round(float(counts[o]) * geometry.voxel_volume_ml, 2) for o in ORGANS}
         return CaseResult(labels, report)
 
     def _localize(self, canon, canon_geometry: Geometry, options, timer, report) -> Box | None:
         """Localizer on the whole (canonical) image at 6 mm -> foreground box in input voxels, or None."""
         with timer.stage("loc_preprocess"):
             x_loc, loc_record = loc_input(canon, canon_geometry.spacing_mm, self.loc.config.preprocess)
-        report["localizer"] = _grid_report(x_loc, loc_record)
+        report.localizer = _grid_report(x_loc, loc_record)
         thin = [f"{n} voxels ({e:.0f} mm) along {axis}" for axis, n, e in
                 zip("zyx", canon.shape, canon_geometry.extent_mm, strict=True) if e < THIN_VOLUME_MM]
         if thin:
-            report["warnings"].append(f"thin volume: {', '.join(thin)}; organs are likely cut off and "
+            report.warnings.append(f"thin volume: {', '.join(thin)}; organs are likely cut off and "
                                       "the localizer sees little context")
         with timer.stage("loc_predict"):
             logits = self._run(self.loc, x_loc, "loc", report)["logits"][0]
@@ -188,16 +178,16 @@ class Segmenter:
             if largest is None:
                 largest = self.seg.config.preprocess.largest_component_only
             box = box_in_input(np.argmax(logits, axis=-1) > 0, loc_record, largest)
-        report["box"] = _box_report(box, canon_geometry, canon.shape)
-        if box is not None and report["box"]["touches_border"]:
-            report["warnings"].append("organ box touches the image border: organs may be cut off by the field of view")
+        report.box = None if box is None else BoxReport.from_box(box, canon_geometry, canon.shape)
+        if report.box is not None and report.box.touches_border:
+            report.warnings.append("organ box touches the image border: organs may be cut off by the field of view")
         return box
 
     def _segment_box(self, canon, canon_geometry: Geometry, box: Box, options, timer, report) -> np.ndarray:
         """SCN at 2 mm around ``box`` -> uint8 labels on the canonical input grid."""
         with timer.stage("seg_preprocess"):
             x_seg, seg_record = seg_input(canon, canon_geometry.spacing_mm, box, self.seg.config.preprocess)
-        report["segmenter"] = _grid_report(x_seg, seg_record)
+        report.segmenter = _grid_report(x_seg, seg_record)
         with timer.stage("seg_predict"):
             prob = self._run(self.seg, x_seg, "seg", report)["prob"][0]
         with timer.stage("to_input_grid"):
@@ -216,7 +206,7 @@ def segment(array_hu: np.ndarray, spacing_mm, *, segmenter: Segmenter | None = N
 
 
 def segment_file(segmenter: Segmenter, volume, output_path: str | Path, options: SegmentOptions | None = None,
-                 timer: StageTimer | None = None, qc_path: str | Path | None = None) -> dict:
+                 timer: StageTimer | None = None, qc_path: str | Path | None = None) -> CaseReport:
     """Segment a read :class:`flare_seg.io.Volume`, write the label map atomically; returns the report."""
     from flare_seg import io
 
@@ -225,13 +215,13 @@ def segment_file(segmenter: Segmenter, volume, output_path: str | Path, options:
     with timer.stage("write"):
         io.write_labels(result.labels, volume.geometry, output_path)
     report = result.report
-    report["warnings"] = list(volume.warnings) + report["warnings"]
+    report.warnings = list(volume.warnings) + report.warnings
     if qc_path is not None:
         with timer.stage("qc"):
             from flare_seg.evaluation.qc import overlay_png
 
             overlay_png(volume.array, result.labels, volume.geometry, qc_path, title=Path(output_path).name)
-        report["qc_png"] = str(qc_path)
+        report.qc_png = str(qc_path)
     return report
 
 
@@ -316,10 +306,10 @@ def run_jobs(segmenter: Segmenter, jobs: list[Job], *, options: SegmentOptions |
     records = []
     for job in jobs:
         if job.error:
-            records.append({"case": job.case, "input": str(job.input), "status": "error", "error": job.error})
+            records.append(CaseReport(job.case, str(job.input), status="error", error=job.error).to_dict())
             log.error(job.error)
         elif skip_existing and job.output.exists():
-            records.append({"case": job.case, "input": str(job.input), "output": str(job.output), "status": "skipped"})
+            records.append(CaseReport(job.case, str(job.input), str(job.output), status="skipped").to_dict())
         else:
             todo.append(job)
 
@@ -336,7 +326,8 @@ def run_jobs(segmenter: Segmenter, jobs: list[Job], *, options: SegmentOptions |
 
 
 def _run_one(segmenter, job: Job, future, options, qc_dir) -> dict:
-    record = {"case": job.case, "input": str(job.input), "output": str(job.output)}
+    """One case's report (as JSON-ready dict), whether it succeeded or failed."""
+    record = CaseReport(job.case, str(job.input), str(job.output))
     timer = StageTimer()
     t0 = time.perf_counter()
     read_seconds = None
@@ -344,20 +335,20 @@ def _run_one(segmenter, job: Job, future, options, qc_dir) -> dict:
     try:
         volume, read_seconds = future.result()  # read in the background, overlapping the previous case
         qc_path = (qc_dir / f"{job.case}.png") if qc_dir is not None else None
-        report = segment_file(segmenter, volume, job.output, options, timer, qc_path)
-        record.update(status="ok", **report)
-        record["input_geometry"] = volume.geometry.to_dict()
+        record = segment_file(segmenter, volume, job.output, options, timer, qc_path)
+        record.case, record.input, record.output = job.case, str(job.input), str(job.output)
+        record.input_geometry = volume.geometry.to_dict()
         log.info("%s -> %s (%.2f s)", job.input.name, job.output, time.perf_counter() - t0)
     except (ValueError, FileNotFoundError, PermissionError, OSError, RuntimeError, MemoryError) as err:
         message = (str(err).splitlines() or [type(err).__name__])[0]
         if str(job.input) not in message:
             message = f"{job.input}: {message}"
-        record.update(status="error", error=message)
+        record.fail(message)
         log.error("%s", message)
-    record["seconds"] = {"read": round(read_seconds, 4), **timer.as_dict()} if read_seconds is not None \
+    record.seconds = {"read": round(read_seconds, 4), **timer.as_dict()} if read_seconds is not None \
         else timer.as_dict()
-    record["seconds_total"] = round(time.perf_counter() - t0, 4)
+    record.seconds_total = round(time.perf_counter() - t0, 4)
     sampler.stop()
-    record["memory"] = sampler.result()
-    record["peak_rss_bytes"] = peak_rss_bytes()
-    return record
+    record.memory = sampler.result()
+    record.peak_rss_bytes = peak_rss_bytes()
+    return record.to_dict()

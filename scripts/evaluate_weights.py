@@ -192,8 +192,8 @@ def _segment_file(segmenter, path: Path, pred_path: Path, qc_path: Path | None =
             "shape_zyx": list(volume.geometry.shape),
             "spacing_mm_zyx": [round(s, 4) for s in volume.geometry.spacing_mm],
             "organ_voxels": {NAMES[o]: int(counts[o]) for o in ORGANS},
-            "organ_volumes_ml": result.report["organ_volumes_ml"],
-            "warnings": volume.warnings + result.report["warnings"], "notes": result.report["notes"],
+            "organ_volumes_ml": result.report.organ_volumes_ml,
+            "warnings": volume.warnings + result.report.warnings, "notes": result.report.notes,
             "qc_png": None if qc_path is None else str(qc_path)}
 
 

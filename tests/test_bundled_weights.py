@@ -52,4 +52,4 @@ def test_bundled_weights_find_little_above_the_diaphragm(bundled):
     volume = io.read_ct(shared_file("chest_out_of_domain/chest_above_diaphragm.nii.gz"))
     result = bundled.segment(volume.array, volume.geometry)
     found_ml = float((result.labels > 0).sum()) * volume.geometry.voxel_volume_ml
-    assert found_ml < CHEST_CEILING_ML, result.report["organ_volumes_ml"]
+    assert found_ml < CHEST_CEILING_ML, result.report.organ_volumes_ml

@@ -122,7 +122,7 @@ def test_oracle_through_the_whole_pipeline_meets_the_thresholds(tmp_path):
     result = segmenter.segment(ct, geometry)
     dsc = metrics.dice_per_label(result.labels, labels)
     assert dsc["liver"] >= 0.98 and dsc["kidney"] >= 0.96 and dsc["spleen"] >= 0.97 and dsc["pancreas"] >= 0.93, dsc
-    assert result.report["segmenter"]["spacing_mm"] == pytest.approx(2.0)
+    assert result.report.segmenter.spacing_mm == pytest.approx(2.0)
 
 
 def test_nothing_found_gives_all_background_and_a_note(tmp_path):
@@ -133,7 +133,7 @@ def test_nothing_found_gives_all_background_and_a_note(tmp_path):
     segmenter = oracle_segmenter(np.zeros(air.shape, np.uint8), geometry, LocalizerConfig(), SegmenterConfig())
     result = segmenter.segment(air, geometry)
     assert not result.labels.any() and result.labels.shape == air.shape
-    assert any("found no organ" in n for n in result.report["notes"])
+    assert any("found no organ" in n for n in result.report.notes)
 
 
 def test_segment_array_api(tiny_model_dir):
