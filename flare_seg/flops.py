@@ -12,7 +12,9 @@ def conv_flops(model, input_shape_zyx) -> int:
     """
     import keras
 
-    convs = [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, keras.layers.Conv3D)]
+    from flare_seg.training.ema import all_layers
+
+    convs = [layer for layer in all_layers(model) if isinstance(layer, keras.layers.Conv3D)]
     probe = keras.Model(model.inputs, [layer.output for layer in convs])
     specs = probe.compute_output_spec(keras.KerasTensor((1, *input_shape_zyx, 1)))
     total = 0

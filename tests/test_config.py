@@ -45,3 +45,30 @@ def test_nested_values_rebuild_as_tuples_and_dataclasses():
     rebuilt = from_dict(SegmenterConfig, data)
     assert isinstance(rebuilt.preprocess.grid.size_max_zyx, tuple)
     assert rebuilt == SegmenterConfig()
+
+
+def test_data_config_round_trip_and_legacy_flat_data_json(tmp_path):
+    from flare_seg.config import DataConfig, load_config, save_config
+
+    config = DataConfig(data=("a/", "b.json"), synthetic=3, synthetic_shape_zyx=(8, 16, 16), val_synthetic=1)
+    save_config(config, tmp_path / "data.json")
+    assert load_config(tmp_path / "data.json") == config
+    # runs started before DataConfig saved the flags flat (training/checkpoints/seg/data.json is one)
+    legacy = {"data": [], "label_map": None, "synthetic": 32, "synthetic_shape": [80, 224, 224],
+              "synthetic_spacing": [4.0, 1.8, 1.8], "synthetic_vary": True, "synthetic_chest": 0.0,
+              "val_data": None, "val_synthetic": 4}
+    (tmp_path / "old.json").write_text(json.dumps(legacy))
+    old = load_config(tmp_path / "old.json")
+    assert old == DataConfig(synthetic=32, synthetic_shape_zyx=(80, 224, 224), synthetic_spacing_mm=(4.0, 1.8, 1.8),
+                             synthetic_vary=True, val_synthetic=4)
+
+
+def test_resume_refuses_other_data_flags(tmp_path):
+    from flare_seg.config import DataConfig
+    from flare_seg.training.cases import resolve_data_config
+
+    started = DataConfig(synthetic=4)
+    assert resolve_data_config(tmp_path, started, resume=False) == started
+    assert resolve_data_config(tmp_path, DataConfig(), resume=True) == started  # no flags: the saved ones
+    with pytest.raises(ValueError, match="other data flags \\(synthetic\\)"):
+        resolve_data_config(tmp_path, DataConfig(synthetic=5), resume=True)

@@ -15,7 +15,7 @@ from flare_seg.models import build_model
 from flare_seg.training import augment, data
 from flare_seg.training import loop as training
 from flare_seg.training.data import TrainCase
-from flare_seg.training.ema import AdamEMA
+from flare_seg.training.ema import AdamEMA, ema_variables
 
 
 def blob_case(i: int, rng) -> TrainCase:
@@ -64,7 +64,7 @@ def test_ema_decay_warm_up():
     opt.apply([np.ones(3, "float32")], [var])
     # Adam moves the variable by -lr (first step, unit gradient); the EMA keeps 0.1 of its start
     new = var.numpy()
-    ema = opt._model_variables_moving_average[0].numpy()
+    ema = ema_variables(opt)[0].numpy()
     np.testing.assert_allclose(ema, 0.9 * new, rtol=1e-5)
     opt.iterations.assign(100_000)
     assert float(opt.ema_decay()) == pytest.approx(0.999)

@@ -4,6 +4,10 @@ Keras' ``use_ema=True`` uses a constant decay, so a short run's average is domin
 initial weights for ~1/(1-decay) steps. Here the decay at step ``t`` is
 ``min(decay, (1 + t) / (10 + t))`` (as in TensorFlow's ``ExponentialMovingAverage(num_updates)``),
 written with ``keras.ops`` so it works under every backend. The paper's code uses decay 0.999.
+
+This module is the only place that touches Keras' private API (``_model_variables_moving_average``,
+``_update_model_variables_moving_average``, ``_trainable_variables``, ``_flatten_layers``); the Keras
+range these were tested with is pinned in ``setup.cfg``.
 """
 
 from __future__ import annotations
@@ -48,6 +52,11 @@ def ema_variables(optimizer) -> list:
     """The optimizer's EMA copies, in the order of its trainable variables."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer wraps the real one
     return list(inner._model_variables_moving_average)
+
+
+def all_layers(model) -> list:
+    """Every layer of ``model``, nested models' layers included (Keras' own traversal)."""
+    return list(model._flatten_layers(include_self=False))
 
 
 def swap_ema_weights(model, optimizer) -> None:

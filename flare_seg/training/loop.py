@@ -135,8 +135,10 @@ def make_dataset(sampler, names: tuple[str, ...], start_step: int, num_steps: in
 
 def _seed_variables(model) -> list:
     """Dropout seed-generator states (so a resumed run draws the same dropout masks)."""
+    from flare_seg.training.ema import all_layers
+
     found = []
-    for layer in model._flatten_layers(include_self=False):
+    for layer in all_layers(model):
         generator = getattr(layer, "seed_generator", None)
         if generator is not None:
             found.append(generator.state)
