@@ -405,13 +405,14 @@ def run_jobs(segmenter: Segmenter, jobs: list[Job], *, options: SegmentOptions |
     from flare_seg import io
 
     read_kwargs = read_kwargs or {}
+    _remove_killed_runs_temporaries({job.output.parent for job in jobs} | ({qc_dir} if qc_dir else set()))
     todo = []
     records = []
     for job in jobs:
         if job.error:
             records.append({"case": job.case, "input": str(job.input), "status": "error", "error": job.error})
             log.error(job.error)
-        elif skip_existing and job.output.exists():
+        elif skip_existing and _complete_output(job.output):
             records.append({"case": job.case, "input": str(job.input), "output": str(job.output), "status": "skipped"})
         else:
             todo.append(job)
@@ -426,6 +427,29 @@ def run_jobs(segmenter: Segmenter, jobs: list[Job], *, options: SegmentOptions |
             future, pending = pending, (pool.submit(read, todo[i + 1]) if i + 1 < len(todo) else None)
             records.append(_run_one(segmenter, job, future, options, qc_dir))
     return records
+
+
+def _remove_killed_runs_temporaries(folders) -> None:
+    """Temporary files of a killed earlier run (``kill -9`` mid-write) go; a concurrent run's stay."""
+    from flare_seg.atomic import remove_stale_temporaries
+
+    for folder in sorted(folders):
+        for path in remove_stale_temporaries(folder):
+            log.info("removed %s, left by a killed run", path)
+
+
+def _complete_output(path: Path) -> bool:
+    """Whether ``path`` is a whole label map (for ``--skip-existing``); a damaged one is redone."""
+    from flare_seg import io
+
+    if not path.is_file():
+        return False
+    try:
+        io.check_nifti_complete(path)
+    except ValueError as err:
+        log.warning("%s; predicting it again", err)
+        return False
+    return True
 
 
 def _run_one(segmenter, job: Job, future, options, qc_dir) -> dict:
