@@ -1,17 +1,20 @@
 """Atomic file writes: the project's one way to write a file that readers see whole or not at all.
 
-Every writer writes a hidden temporary sibling ``.<stem>.<random>.partial<suffix>`` in the target's
-folder and renames it over the target (``os.replace`` is atomic on POSIX within one file system).
-The temporary name keeps the target's suffix (``.nii.gz``, ``.png``, ``.weights.h5``), so writers that
-choose their format by extension still work; it starts with a dot and contains ``.partial``, so
-folder listings and ``--skip-existing`` never take it for a result. A process killed mid-write
-leaves at most such a temporary file; :func:`remove_stale_temporaries` removes old ones.
+Every writer writes a hidden temporary sibling ``.<stem>.<host>-<pid>-<random>.partial<suffix>`` in
+the target's folder and renames it over the target (``os.replace`` is atomic on POSIX within one file
+system). The temporary name keeps the target's suffix (``.nii.gz``, ``.png``, ``.weights.h5``), so
+writers that choose their format by extension still work; it starts with a dot and contains
+``.partial``, so folder listings and ``--skip-existing`` never take it for a result. A process killed
+mid-write (``kill -9``) leaves at most such a temporary file; the host and process id in its name let
+:func:`remove_stale_temporaries` remove it as soon as that process is gone, while a concurrent
+writer's file in progress (its process alive, or on another host) is kept until it is old.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import time
 import uuid
@@ -31,18 +34,43 @@ def _suffix(path: Path) -> str:
     return path.suffix
 
 
+def _host_tag() -> str:
+    """Eight hex digits naming this host, so a process id in a temporary name is checked only here."""
+    import hashlib
+    import socket
+
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
 def temporary_path(path: str | os.PathLike) -> Path:
     """A unique hidden sibling of ``path`` with the same suffix (never matches ``*_0000.nii.gz``)."""
     path = Path(path)
     suffix = _suffix(path)
     stem = path.name[: -len(suffix)] if suffix else path.name
-    return path.parent / f".{stem}.{uuid.uuid4().hex[:12]}{PARTIAL_MARK}{suffix}"
+    return path.parent / f".{stem}.{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:12]}{PARTIAL_MARK}{suffix}"
 
 
 def is_temporary(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a temporary file of :func:`temporary_path` (a write in progress or killed)."""
     name = Path(path).name
     return name.startswith(".") and PARTIAL_MARK in name
+
+
+def writer_is_gone(path: str | os.PathLike) -> bool:
+    """Whether the process that wrote temporary file ``path`` has ended (known only for this host's files)."""
+    match = re.search(r"\.([0-9a-f]{8})-(\d+)-[0-9a-f]{12}" + re.escape(PARTIAL_MARK), Path(path).name)
+    if match is None or match.group(1) != _host_tag():
+        return False
+    pid = int(match.group(2))
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 @contextlib.contextmanager
@@ -98,15 +126,19 @@ def copy_file(source: str | os.PathLike, path: str | os.PathLike) -> None:
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, older_than_seconds: float = 3600.0) -> list[Path]:
-    """Remove temporary files in ``folder`` left by killed writers (only those older than the limit,
-    so a concurrent writer's file in progress is kept); returns the removed paths."""
+    """Remove temporary files in ``folder`` left by killed writers: those whose process has ended
+    (this host) and any older than the limit; a concurrent writer's file in progress is kept.
+    Returns the removed paths."""
     removed = []
     now = time.time()
-    for entry in Path(folder).iterdir():
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
         if not is_temporary(entry):
             continue
         try:
-            if now - entry.stat().st_mtime < older_than_seconds:
+            if not writer_is_gone(entry) and now - entry.stat().st_mtime < older_than_seconds:
                 continue
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
             removed.append(entry)

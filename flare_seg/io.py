@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import threading
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,13 +87,18 @@ def _geometry_of(image: sitk.Image) -> Geometry:
 
 
 def _one_line(err: Exception) -> str:
-    """The informative first line of a (often multi-line) ITK error."""
+    """The cause in a (multi-line) ITK error, on one line: not the ``Exception thrown in …: file.cxx:N:``
+    location line, but the ``ERROR:`` text, completed by the deepest line when that text ends in ':'."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    for ln in lines:
-        if "ITK ERROR" in ln or "Exception" in ln or "error" in ln.lower():
-            text = ln.split("):", 1)[-1].strip() if "):" in ln else ln
-            return text[:200]
-    return (lines[0] if lines else type(err).__name__)[:200]
+    body = [ln for ln in lines if not ln.startswith("Exception thrown in")]
+    if not body:
+        return (lines[0] if lines else type(err).__name__)[:300]
+    match = re.search(r"ERROR:\s*(?:\w+\(0x[0-9a-fA-F]+\):\s*)?(.*)", body[0])
+    text = match.group(1) if match else body[0]
+    if len(body) > 1 and text.endswith(":"):
+        deepest = re.sub(r"^\[\w+\]\s*\w+:\s*", "", body[-1])
+        text = f"{text.rstrip(':').rstrip()}: {deepest}"
+    return (text or body[0])[:300]
 
 
 def _read_dicom_series(folder: Path, warnings: list[str]) -> sitk.Image:
@@ -126,8 +134,10 @@ def _nifti_expected_bytes(header: bytes) -> int | None:
 def check_nifti_complete(path: Path) -> None:
     """Raise ``ValueError`` if a NIfTI-1 file holds fewer bytes than its header promises.
 
-    ITK's NIfTI reader can return a truncated ``.nii.gz`` zero-filled instead of failing; the gzip
-    trailer's ISIZE (uncompressed size mod 2**32) of a truncated file does not match the header.
+    ITK's NIfTI reader can return a truncated ``.nii.gz`` zero-filled instead of failing. The gzip
+    trailer's ISIZE (uncompressed size mod 2**32) settles a single-member file at once; a file whose
+    last ISIZE differs may be a valid multi-member gzip (some tools write them), so it is then
+    decompressed once, counting bytes, which a truncated file cannot complete.
     """
     import gzip
     import struct
@@ -140,17 +150,34 @@ def check_nifti_complete(path: Path) -> None:
             with open(path, "rb") as fh:
                 fh.seek(-4, os.SEEK_END)
                 isize = struct.unpack("<I", fh.read(4))[0]
-            complete = expected is None or isize == expected % 2**32
+            complete = expected is None or isize == expected % 2**32 or _gzip_holds(path, expected)
         elif name.endswith(".nii"):
             with open(path, "rb") as fh:
                 expected = _nifti_expected_bytes(fh.read(348))
             complete = expected is None or path.stat().st_size >= expected
         else:
             return
-    except (OSError, EOFError, struct.error) as err:
+    except (OSError, EOFError, struct.error, zlib.error) as err:
         raise ValueError(f"{path}: cannot read image (corrupted file: {err})") from None
     if not complete:
         raise ValueError(f"{path}: cannot read image (file is truncated: its header promises {expected} bytes)")
+
+
+def _gzip_holds(path: Path, expected_bytes: int) -> bool:
+    """Whether the (possibly multi-member) gzip ``path`` decompresses to at least ``expected_bytes``."""
+    import gzip
+
+    count = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while count < expected_bytes:
+                chunk = fh.read(1 << 22)
+                if not chunk:
+                    break
+                count += len(chunk)
+    except EOFError:  # "Compressed file ended before the end-of-stream marker was reached"
+        return False
+    return count >= expected_bytes
 
 
 def _read_sitk(path: Path, warnings: list[str]) -> sitk.Image:
@@ -162,7 +189,68 @@ def _read_sitk(path: Path, warnings: list[str]) -> sitk.Image:
         check_nifti_complete(path)
         return sitk.ReadImage(str(path))
     except RuntimeError as err:
+        if "orthonormal direction cosines" in str(err) and path.name.lower().endswith((".nii", ".nii.gz")):
+            return _read_nearly_orthonormal_nifti(path, warnings)
         raise ValueError(f"{path}: cannot read image ({_one_line(err)})") from None
+
+
+#: Largest |R^T R - I| of a NIfTI sform's direction cosines that is re-orthonormalised on reading
+#: (ITK 5.4 refuses above 1e-4 when the file has no qform). 1e-3 moves a point 250 mm from the
+#: origin by at most about 0.25 mm; larger skews are refused as real shears.
+SFORM_ORTHONORMAL_TOL = 1e-3
+_PERMISSIVE_READ = threading.Lock()
+
+
+def nifti_sform(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The sform ``(3x4 RAS matrix, pixdim[1:4])`` of a NIfTI-1 header."""
+    import gzip
+    import struct
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        header = fh.read(348)
+    endian = "<" if struct.unpack("<i", header[:4])[0] == 348 else ">"
+    pixdim = np.array(struct.unpack(f"{endian}8f", header[76:108])[1:4], dtype=np.float64)
+    srows = np.array(struct.unpack(f"{endian}12f", header[280:328]), dtype=np.float64).reshape(3, 4)
+    return srows, pixdim
+
+
+def orthonormalised_direction(matrix: np.ndarray) -> tuple[np.ndarray, float]:
+    """The rotation nearest to ``matrix``'s normalised columns (polar decomposition) and how far the
+    columns were from orthonormal (max |R^T R - I|)."""
+    columns = matrix / np.linalg.norm(matrix, axis=0)
+    deviation = float(np.max(np.abs(columns.T @ columns - np.eye(3))))
+    u, _, vt = np.linalg.svd(columns)
+    return u @ vt, deviation
+
+
+def _read_nearly_orthonormal_nifti(path: Path, warnings: list[str]) -> sitk.Image:
+    """A NIfTI whose sform is orthonormal only to single precision (and that has no qform): read the
+    voxels with ITK's permissive sform mode, then set the nearest orthonormal direction, with a warning."""
+    srows, pixdim = nifti_sform(path)
+    rotation_ras, deviation = orthonormalised_direction(srows[:, :3])
+    if deviation > SFORM_ORTHONORMAL_TOL:
+        raise ValueError(f"{path}: cannot read image (its sform direction cosines are {deviation:.1e} from "
+                         f"orthonormal, more than {SFORM_ORTHONORMAL_TOL:g}, and it has no qform)")
+    with _PERMISSIVE_READ:
+        os.environ["ITK_NIFTI_SFORM_PERMISSIVE"] = "1"
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as err:
+            raise ValueError(f"{path}: cannot read image ({_one_line(err)})") from None
+        finally:
+            os.environ.pop("ITK_NIFTI_SFORM_PERMISSIVE", None)
+    if image.GetDimension() == 3:  # other dimensions are refused later, with their own message
+        ras_to_lps = np.diag([-1.0, -1.0, 1.0])
+        image.SetDirection(tuple(float(v) for v in (ras_to_lps @ rotation_ras).ravel()))
+        image.SetOrigin(tuple(float(v) for v in ras_to_lps @ srows[:, 3]))
+        if np.all(pixdim > 0):
+            image.SetSpacing(tuple(float(v) for v in pixdim))
+    msg = (f"{path}: sform direction cosines are orthonormal only to {deviation:.1e} (no qform), which ITK "
+           "refuses; read with the nearest orthonormal direction")
+    warnings.append(msg)
+    log.warning(msg)
+    return image
 
 
 def _as_3d(image: sitk.Image, path: Path) -> sitk.Image:

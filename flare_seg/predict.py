@@ -60,6 +60,7 @@ class LoadedModel:
     predict: object
     weights_sha256: str
     folder: str
+    warnings: list[str] = field(default_factory=list)
 
 
 def load_model(folder: str | Path, expected: type, dtype_policy: str | None = None) -> LoadedModel:
@@ -74,15 +75,56 @@ def load_model(folder: str | Path, expected: type, dtype_policy: str | None = No
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: weights file not found")
-    sha = sha256_of(weights)
-    sha_file = folder / f"{WEIGHTS_FILE}.sha256"
-    if sha_file.exists() and sha_file.read_text().split()[0] != sha:
-        raise ValueError(f"{weights}: sha256 {sha[:12]}… does not match {sha_file.name} (corrupted or replaced)")
+    sha, warnings = check_weights_sha256(weights)
     if dtype_policy is not None:
         config = replace(config, dtype_policy=dtype_policy)
     model = build_model(config)
-    model.load_weights(weights)
-    return LoadedModel(config, model, compiled_predictor(model), sha, str(folder))
+    load_weights_strictly(model, weights)
+    return LoadedModel(config, model, compiled_predictor(model), sha, str(folder), warnings)
+
+
+def check_weights_sha256(weights: Path) -> tuple[str, list[str]]:
+    """The file's sha256, checked against ``<weights>.sha256``; without that file a logged warning
+    (returned too, for the report) says the integrity cannot be checked. Never silently trusted."""
+    sha = sha256_of(weights)
+    sha_file = weights.with_name(f"{weights.name}.sha256")
+    if not sha_file.exists():
+        message = f"{weights}: no {sha_file.name} beside it, so its integrity cannot be checked"
+        log.warning(message)
+        return sha, [message]
+    recorded = (sha_file.read_text().split() or [""])[0]
+    if recorded != sha:
+        raise ValueError(f"{weights}: sha256 {sha[:12]}… does not match {sha_file.name} (corrupted or replaced)")
+    return sha, []
+
+
+def load_weights_strictly(model, weights: Path) -> None:
+    """``model.load_weights`` as one ``ValueError`` naming the file and the cause: h5py cannot open it
+    (corrupt, truncated), shapes do not fit, or Keras would leave some layers freshly initialised
+    (it only warns about that)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(weights)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{weights}: cannot load weights ({_weights_reason(err)})") from None
+    skipped = [str(w.message) for w in caught if "freshly-initialized" in str(w.message)
+               or "could not be loaded" in str(w.message)]
+    if skipped:
+        raise ValueError(f"{weights}: cannot load weights (the file lacks {len(skipped)} part(s) of the network, "
+                         f"e.g. {skipped[0].splitlines()[0][:160]})")
+
+
+def _weights_reason(err: Exception) -> str:
+    """The line of a Keras/h5py message that says why (a shape mismatch), not its preamble."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    shape = next((ln for ln in lines if "variable.shape=" in ln), None)
+    if shape is not None:
+        found = shape[shape.index("variable.shape="):].split(". Target variable")[0]
+        return f"shapes do not fit the network in {CONFIG_FILE}: {found}"[:300]
+    return (lines[0] if lines else type(err).__name__)[:300]
 
 
 @dataclass
@@ -129,9 +171,13 @@ class Segmenter:
         return cls(loc, seg, info)
 
     def provenance(self) -> dict:
+        """Version, weights, device, and every warning of the set-up (device, unchecked weights)."""
         info = self.device_info.to_dict() if self.device_info else {}
+        warnings = list(getattr(self.device_info, "warnings", None) or [])
+        warnings += list(getattr(self.loc, "warnings", [])) + list(getattr(self.seg, "warnings", []))
         return {"flare_seg_version": __version__, "weights_sha256": {"loc": self.loc.weights_sha256,
-                "seg": self.seg.weights_sha256}, "model_dir": str(Path(self.seg.folder).parent), **info}
+                "seg": self.seg.weights_sha256}, "model_dir": str(Path(self.seg.folder).parent), **info,
+                "warnings": warnings}
 
     def _run(self, loaded: LoadedModel, x: np.ndarray, name: str, report: CaseReport) -> dict:
         from flare_seg.runtime import allocator_peak_bytes
@@ -144,6 +190,7 @@ class Segmenter:
     def segment(self, array_hu: np.ndarray, geometry: Geometry, options: SegmentOptions | None = None,
                 timer: StageTimer | None = None) -> CaseResult:
         """Segment a ``(z, y, x)`` HU array lying on ``geometry``; labels come back on the same grid."""
+        check_input_array(array_hu, geometry)
         options = options or SegmentOptions()
         timer = timer or StageTimer()
         report = CaseReport()
@@ -193,16 +240,62 @@ class Segmenter:
         with timer.stage("to_input_grid"):
             return to_input_grid(prob, seg_record, mode=options.resample_mode)
 
+def check_input_array(array_hu, geometry: Geometry) -> None:
+    """The checks a file gets on reading, for an in-memory array: a ``ValueError`` saying what is wrong
+    (not 3-D, not real numbers, NaN/inf, a shape that is not ``geometry``'s)."""
+    if not isinstance(array_hu, np.ndarray):
+        raise ValueError(f"array_hu: expected a NumPy array, got {type(array_hu).__name__}")
+    if array_hu.ndim != 3:
+        raise ValueError(f"array_hu: expected a 3-D (z, y, x) CT array, got {array_hu.ndim}-D shape {array_hu.shape}")
+    if array_hu.dtype == np.bool_ or not (np.issubdtype(array_hu.dtype, np.integer)
+                                          or np.issubdtype(array_hu.dtype, np.floating)):
+        raise ValueError(f"array_hu: expected integer or float HU values, got dtype {array_hu.dtype}")
+    if array_hu.size == 0:
+        raise ValueError(f"array_hu: has no voxels (shape {array_hu.shape})")
+    if tuple(array_hu.shape) != tuple(geometry.shape):
+        raise ValueError(f"array_hu: shape {array_hu.shape} does not match the geometry's {tuple(geometry.shape)}")
+    if np.issubdtype(array_hu.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(array_hu)))
+        if bad:
+            raise ValueError(f"array_hu: {bad} non-finite voxels (NaN/inf); replace them first "
+                             "(a file reader replaces them by -1024 HU with a warning)")
+
+
+def _spacing_of(spacing_mm) -> tuple[float, float, float]:
+    values = np.asarray(spacing_mm, dtype=np.float64).ravel()
+    if values.size != 3 or not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise ValueError(f"spacing_mm: expected three positive finite numbers (z, y, x), got {spacing_mm!r}")
+    return tuple(float(v) for v in values)
+
+
+#: One Segmenter per model folder for :func:`segment` without ``segmenter=`` (loading is seconds).
+_SEGMENTERS: dict[str, Segmenter] = {}
+
+
+def cached_segmenter(model_dir=None) -> Segmenter:
+    """The :class:`Segmenter` of ``model_dir`` (default: bundled), loaded on first use and kept."""
+    key = str(Path(model_dir).resolve()) if model_dir is not None else str(default_model_dir().resolve())
+    if key not in _SEGMENTERS:
+        _SEGMENTERS[key] = Segmenter.load(key)
+    return _SEGMENTERS[key]
+
+
 def segment(array_hu: np.ndarray, spacing_mm, *, segmenter: Segmenter | None = None, model_dir=None,
             origin_mm=(0.0, 0.0, 0.0), direction=None, options: SegmentOptions | None = None) -> np.ndarray:
     """Segment an in-memory ``(z, y, x)`` HU array with ``spacing_mm`` ``(z, y, x)``; returns uint8 labels.
 
-    Convenience wrapper: pass a loaded ``segmenter`` to avoid reloading the models per call.
+    Without ``segmenter`` the models of ``model_dir`` are loaded on the first call and reused after.
+    Bad input (not 3-D, NaN/inf, non-positive spacing, non-numeric dtype) is a ``ValueError``.
     """
-    segmenter = segmenter or Segmenter.load(model_dir)
-    geometry = Geometry(tuple(array_hu.shape), tuple(float(s) for s in spacing_mm), tuple(origin_mm),
+    if not isinstance(array_hu, np.ndarray):
+        array_hu = np.asarray(array_hu)
+    spacing = _spacing_of(spacing_mm)
+    if array_hu.ndim != 3:
+        check_input_array(array_hu, Geometry((1, 1, 1), spacing))  # raises the not-3-D error
+    segmenter = segmenter or cached_segmenter(model_dir)
+    geometry = Geometry(tuple(array_hu.shape), spacing, tuple(origin_mm),
                         tuple(direction) if direction is not None else IDENTITY_DIRECTION)
-    return segmenter.segment(np.asarray(array_hu), geometry, options).labels
+    return segmenter.segment(array_hu, geometry, options).labels
 
 
 def segment_file(segmenter: Segmenter, volume, output_path: str | Path, options: SegmentOptions | None = None,
@@ -302,13 +395,14 @@ def run_jobs(segmenter: Segmenter, jobs: list[Job], *, options: SegmentOptions |
     from flare_seg import io
 
     read_kwargs = read_kwargs or {}
+    _remove_killed_runs_temporaries({job.output.parent for job in jobs} | ({qc_dir} if qc_dir else set()))
     todo = []
     records = []
     for job in jobs:
         if job.error:
             records.append(CaseReport(job.case, str(job.input), status="error", error=job.error).to_dict())
             log.error(job.error)
-        elif skip_existing and job.output.exists():
+        elif skip_existing and _complete_output(job.output):
             records.append(CaseReport(job.case, str(job.input), str(job.output), status="skipped").to_dict())
         else:
             todo.append(job)
@@ -325,8 +419,33 @@ def run_jobs(segmenter: Segmenter, jobs: list[Job], *, options: SegmentOptions |
     return records
 
 
+def _remove_killed_runs_temporaries(folders) -> None:
+    """Temporary files of a killed earlier run (``kill -9`` mid-write) go; a concurrent run's stay."""
+    from flare_seg.atomic import remove_stale_temporaries
+
+    for folder in sorted(folders):
+        for path in remove_stale_temporaries(folder):
+            log.info("removed %s, left by a killed run", path)
+
+
+def _complete_output(path: Path) -> bool:
+    """Whether ``path`` is a whole label map (for ``--skip-existing``); a damaged one is redone."""
+    from flare_seg import io
+
+    if not path.is_file():
+        return False
+    try:
+        io.check_nifti_complete(path)
+    except ValueError as err:
+        log.warning("%s; predicting it again", err)
+        return False
+    return True
+
+
 def _run_one(segmenter, job: Job, future, options, qc_dir) -> dict:
-    """One case's report (as JSON-ready dict), whether it succeeded or failed."""
+    """One case, isolated: any ``Exception`` (TensorFlow's ``OpError``/``ResourceExhaustedError`` are
+    not ``RuntimeError``s) becomes this case's one-line error; the memory sampler stops in every path.
+    ``KeyboardInterrupt`` and ``SystemExit`` are not ``Exception``s and still abort the run."""
     record = CaseReport(job.case, str(job.input), str(job.output))
     timer = StageTimer()
     t0 = time.perf_counter()
@@ -339,16 +458,28 @@ def _run_one(segmenter, job: Job, future, options, qc_dir) -> dict:
         record.case, record.input, record.output = job.case, str(job.input), str(job.output)
         record.input_geometry = volume.geometry.to_dict()
         log.info("%s -> %s (%.2f s)", job.input.name, job.output, time.perf_counter() - t0)
-    except (ValueError, FileNotFoundError, PermissionError, OSError, RuntimeError, MemoryError) as err:
-        message = (str(err).splitlines() or [type(err).__name__])[0]
-        if str(job.input) not in message:
-            message = f"{job.input}: {message}"
+    except Exception as err:  # noqa: BLE001 -- per-case isolation is the point
+        message = case_error_message(job.input, err)
         record.fail(message)
         log.error("%s", message)
+        log.debug("%s: traceback", job.input, exc_info=True)
+    finally:
+        sampler.stop()
     record.seconds = {"read": round(read_seconds, 4), **timer.as_dict()} if read_seconds is not None \
         else timer.as_dict()
     record.seconds_total = round(time.perf_counter() - t0, 4)
-    sampler.stop()
     record.memory = sampler.result()
     record.peak_rss_bytes = peak_rss_bytes()
     return record.to_dict()
+
+
+def case_error_message(path, err: BaseException) -> str:
+    """One line naming ``path`` and the cause: the informative line of a (multi-line) library message,
+    prefixed with the error type when the message does not say it (``ResourceExhaustedError: …``)."""
+    lines = [ln.strip() for ln in str(getattr(err, "message", None) or err).splitlines() if ln.strip()]
+    text = lines[0] if lines else ""
+    kind = type(err).__name__
+    if not isinstance(err, (ValueError, FileNotFoundError, PermissionError)) and kind not in text:
+        text = f"{kind}: {text}" if text else kind
+    text = text[:300]
+    return text if str(path) in text else f"{path}: {text}"

@@ -158,12 +158,16 @@ def compiled_predictor(model):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        traced = {}  # one graph per input shape: each traced once, no retracing warnings
+        # One graph per input shape, traced once through get_concrete_function: calling concrete
+        # functions bypasses tf.function's retracing detector, whose "5 out of the last 5 calls
+        # triggered tf.function retracing" warning a folder of differently sized CTs used to print.
+        graph = tf.function(lambda t: model(t, training=False))
+        traced = {}
 
         def fn(x):
             key = (tuple(x.shape), x.dtype)
             if key not in traced:
-                traced[key] = tf.function(lambda t: model(t, training=False))
+                traced[key] = graph.get_concrete_function(tf.TensorSpec(x.shape, x.dtype))
             return traced[key](x)
     elif backend == "jax":
         import jax
