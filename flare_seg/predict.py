@@ -216,8 +216,14 @@ def segment(array_hu: np.ndarray, spacing_mm, *, segmenter: Segmenter | None = N
 
 
 def segment_file(segmenter: Segmenter, volume, output_path: str | Path, options: SegmentOptions | None = None,
-                 timer: StageTimer | None = None, qc_path: str | Path | None = None) -> dict:
-    """Segment a read :class:`flare_seg.io.Volume`, write the label map atomically; returns the report."""
+                 timer: StageTimer | None = None, qc_path: str | Path | None = None, extras: tuple = ()) -> dict:
+    """Segment a read :class:`flare_seg.io.Volume`, write the label map atomically; returns the report.
+
+    ``extras``: per-case extra outputs (:class:`flare_seg.dicom_seg.DicomSegOutput`,
+    :class:`flare_seg.statistics.StatisticsOutput`), each called after the label map is written as
+    ``extra(volume, labels, output_path, segmenter) -> dict`` (merged into the report) and timed
+    as its ``stage``.
+    """
     from flare_seg import io
 
     timer = timer or StageTimer()
@@ -232,6 +238,11 @@ def segment_file(segmenter: Segmenter, volume, output_path: str | Path, options:
 
             overlay_png(volume.array, result.labels, volume.geometry, qc_path, title=Path(output_path).name)
         report["qc_png"] = str(qc_path)
+    for extra in extras:
+        with timer.stage(extra.stage):
+            entries = extra(volume, result.labels, Path(output_path), segmenter)
+        report["warnings"] += entries.pop("warnings", [])
+        report.update(entries)
     return report
 
 
@@ -300,10 +311,12 @@ def _check_collisions(jobs: list[Job], input_paths: set) -> list[Job]:
 
 def run_jobs(segmenter: Segmenter, jobs: list[Job], *, options: SegmentOptions | None = None,
              skip_existing: bool = False, qc_dir: Path | None = None, read_kwargs: dict | None = None,
-             progress: bool = True) -> list[dict]:
+             progress: bool = True, extras: tuple = ()) -> list[dict]:
     """Run jobs in order, reading the next case in a background thread while this one is predicted.
 
     A failing case gets a record with its error (one line naming the file); the others still run.
+    ``extras`` are extra outputs per case (see :func:`segment_file`); ``skip_existing`` skips a case
+    only when its label map and all its extra outputs exist.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -318,7 +331,7 @@ def run_jobs(segmenter: Segmenter, jobs: list[Job], *, options: SegmentOptions |
         if job.error:
             records.append({"case": job.case, "input": str(job.input), "status": "error", "error": job.error})
             log.error(job.error)
-        elif skip_existing and job.output.exists():
+        elif skip_existing and all(p.exists() for p in outputs_of(job, extras)):
             records.append({"case": job.case, "input": str(job.input), "output": str(job.output), "status": "skipped"})
         else:
             todo.append(job)
@@ -331,11 +344,16 @@ def run_jobs(segmenter: Segmenter, jobs: list[Job], *, options: SegmentOptions |
         pending = pool.submit(read, todo[0]) if todo else None
         for i, job in enumerate(tqdm(todo, unit="case", disable=not progress)):
             future, pending = pending, (pool.submit(read, todo[i + 1]) if i + 1 < len(todo) else None)
-            records.append(_run_one(segmenter, job, future, options, qc_dir))
+            records.append(_run_one(segmenter, job, future, options, qc_dir, extras))
     return records
 
 
-def _run_one(segmenter, job: Job, future, options, qc_dir) -> dict:
+def outputs_of(job: Job, extras: tuple = ()) -> list[Path]:
+    """Every file a job writes: its label map and its extra outputs."""
+    return [job.output] + [extra.path_for(job.output) for extra in extras]
+
+
+def _run_one(segmenter, job: Job, future, options, qc_dir, extras: tuple = ()) -> dict:
     record = {"case": job.case, "input": str(job.input), "output": str(job.output)}
     timer = StageTimer()
     t0 = time.perf_counter()
@@ -344,7 +362,7 @@ def _run_one(segmenter, job: Job, future, options, qc_dir) -> dict:
     try:
         volume, read_seconds = future.result()  # read in the background, overlapping the previous case
         qc_path = (qc_dir / f"{job.case}.png") if qc_dir is not None else None
-        report = segment_file(segmenter, volume, job.output, options, timer, qc_path)
+        report = segment_file(segmenter, volume, job.output, options, timer, qc_path, extras)
         record.update(status="ok", **report)
         record["input_geometry"] = volume.geometry.to_dict()
         log.info("%s -> %s (%.2f s)", job.input.name, job.output, time.perf_counter() - t0)

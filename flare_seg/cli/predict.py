@@ -64,6 +64,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unit-spacing-fix", type=_spacing_fix, metavar="X,Y,Z|flare",
                    help="spacing to use when a header claims exactly 1x1x1 mm ('flare': 0.8145,0.8145,2.528)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_hospital_arguments(p)
+
+
+def add_hospital_arguments(p: argparse.ArgumentParser) -> None:
+    """Outputs for the hospital (DICOM-SEG, statistics) and cohort runs on a cluster (issue 14)."""
+    group = p.add_argument_group("hospital and cluster")
+    group.add_argument("--dicom-seg", action="store_true",
+                       help="also write OUT/<case>.seg.dcm, a DICOM Segmentation of each DICOM series input "
+                            "(needs the [hospital] extra)")
+
+
+def _extras(args, jobs) -> tuple:
+    """The extra outputs asked for; refuses up front what cannot work (non-DICOM input for --dicom-seg)."""
+    from flare_seg import io
+
+    extras = []
+    if args.dicom_seg:
+        from flare_seg.dicom_seg import DicomSegOutput
+        from flare_seg.extras import require
+
+        require("--dicom-seg", "hospital", "highdicom", "pydicom")
+        not_dicom = [job for job in jobs if not job.error and not io.is_dicom_folder(job.input)]
+        if len(not_dicom) == len(jobs):
+            raise ValueError(f"{jobs[0].input}: --dicom-seg needs DICOM series input (a folder of DICOM files); "
+                             "this is not one")
+        for job in not_dicom:
+            job.error = f"{job.input}: --dicom-seg needs a DICOM series, not an image file; case refused"
+        extras.append(DicomSegOutput())
+    return tuple(extras)
 
 
 def _summary(records: list[dict], wall_seconds: float, sampler_result: dict | None) -> dict:
@@ -94,6 +123,7 @@ def run(args) -> int:
     from flare_seg.predict import Segmenter, SegmentOptions, plan_jobs, run_jobs
 
     jobs = plan_jobs(args.input, args.output)
+    extras = _extras(args, jobs)
     out_dir = jobs[0].output.parent if len(jobs) == 1 else args.output
     io.ensure_writable_folder(out_dir)
     qc_dir = None
@@ -108,7 +138,7 @@ def run(args) -> int:
     read_kwargs = {"nonfinite": args.nonfinite, "unit_spacing_fix": args.unit_spacing_fix}
     with MemorySampler() as sampler:
         records = run_jobs(segmenter, jobs, options=options, skip_existing=args.skip_existing, qc_dir=qc_dir,
-                           read_kwargs=read_kwargs, progress=not args.no_progress)
+                           read_kwargs=read_kwargs, progress=not args.no_progress, extras=extras)
     summary = _summary(records, time.perf_counter() - t0, sampler.result())
     summary["model_load_seconds"] = round(load_seconds, 3)
     if args.report:
