@@ -73,6 +73,9 @@ def add_hospital_arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument("--dicom-seg", action="store_true",
                        help="also write OUT/<case>.seg.dcm, a DICOM Segmentation of each DICOM series input "
                             "(needs the [hospital] extra)")
+    group.add_argument("--statistics", action="store_true",
+                       help="also write OUT/<case>.statistics.json (per organ: volume, HU, box, components, "
+                            "field of view) and, for a folder, OUT/statistics.csv (needs the [hospital] extra)")
 
 
 def _extras(args, jobs) -> tuple:
@@ -92,7 +95,19 @@ def _extras(args, jobs) -> tuple:
         for job in not_dicom:
             job.error = f"{job.input}: --dicom-seg needs a DICOM series, not an image file; case refused"
         extras.append(DicomSegOutput())
+    if args.statistics:
+        from flare_seg.extras import require
+        from flare_seg.statistics import StatisticsOutput
+
+        require("--statistics", "hospital", "cc3d")
+        extras.append(StatisticsOutput())
     return tuple(extras)
+
+
+def _folder_run(args) -> bool:
+    from flare_seg import io
+
+    return args.input.is_dir() and not io.is_dicom_folder(args.input)
 
 
 def _summary(records: list[dict], wall_seconds: float, sampler_result: dict | None) -> dict:
@@ -141,6 +156,11 @@ def run(args) -> int:
                            read_kwargs=read_kwargs, progress=not args.no_progress, extras=extras)
     summary = _summary(records, time.perf_counter() - t0, sampler.result())
     summary["model_load_seconds"] = round(load_seconds, 3)
+    if args.statistics and _folder_run(args):
+        from flare_seg.statistics import CSV_NAME, write_statistics_csv
+
+        summary["statistics_csv"] = str(out_dir / CSV_NAME)
+        write_statistics_csv(records, out_dir / CSV_NAME)
     if args.report:
         payload = {"provenance": segmenter.provenance(), "summary": summary, "cases": records}
         atomic_write_text(args.report, json.dumps(payload, indent=2, default=_json_default) + "\n")
