@@ -325,16 +325,7 @@ def run_jobs(segmenter: Segmenter, jobs: list[Job], *, options: SegmentOptions |
     from flare_seg import io
 
     read_kwargs = read_kwargs or {}
-    todo = []
-    records = []
-    for job in jobs:
-        if job.error:
-            records.append({"case": job.case, "input": str(job.input), "status": "error", "error": job.error})
-            log.error(job.error)
-        elif skip_existing and all(p.exists() for p in outputs_of(job, extras)):
-            records.append({"case": job.case, "input": str(job.input), "output": str(job.output), "status": "skipped"})
-        else:
-            todo.append(job)
+    records, todo = triage_jobs(jobs, skip_existing, extras)
 
     def read(job: Job):
         t0 = time.perf_counter()
@@ -346,6 +337,20 @@ def run_jobs(segmenter: Segmenter, jobs: list[Job], *, options: SegmentOptions |
             future, pending = pending, (pool.submit(read, todo[i + 1]) if i + 1 < len(todo) else None)
             records.append(_run_one(segmenter, job, future, options, qc_dir, extras))
     return records
+
+
+def triage_jobs(jobs: list[Job], skip_existing: bool = False, extras: tuple = ()) -> tuple[list[dict], list[Job]]:
+    """Records of the jobs refused up front or skipped (outputs exist), and the jobs left to run."""
+    records, todo = [], []
+    for job in jobs:
+        if job.error:
+            records.append({"case": job.case, "input": str(job.input), "status": "error", "error": job.error})
+            log.error(job.error)
+        elif skip_existing and all(p.exists() for p in outputs_of(job, extras)):
+            records.append({"case": job.case, "input": str(job.input), "output": str(job.output), "status": "skipped"})
+        else:
+            todo.append(job)
+    return records, todo
 
 
 def outputs_of(job: Job, extras: tuple = ()) -> list[Path]:
