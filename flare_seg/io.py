@@ -101,19 +101,29 @@ def _one_line(err: Exception) -> str:
     return (text or body[0])[:300]
 
 
-def _read_dicom_series(folder: Path, warnings: list[str]) -> sitk.Image:
+def dicom_series_files(folder: str | os.PathLike, warnings: list[str] | None = None) -> list[str]:
+    """The files of the DICOM series read from ``folder`` (the largest one), in slice order.
+
+    Slice ``k`` of the array :func:`read_ct` returns is ``files[k]`` (rows = y, columns = x), which
+    is how DICOM-SEG output finds the source instance of each label slice.
+    """
+    folder = Path(folder)
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series:
         raise ValueError(f"{folder}: folder holds no DICOM series")
     files = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series}
     chosen = max(files, key=lambda sid: len(files[sid]))
-    if len(series) > 1:
+    if len(series) > 1 and warnings is not None:
         msg = (f"{folder}: {len(series)} DICOM series found; using the largest "
                f"({len(files[chosen])} files, series {chosen or '<empty UID>'})")
         warnings.append(msg)
         log.warning(msg)
+    return list(files[chosen])
+
+
+def _read_dicom_series(folder: Path, warnings: list[str]) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files[chosen])
+    reader.SetFileNames(dicom_series_files(folder, warnings))
     return reader.Execute()
 
 

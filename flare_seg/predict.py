@@ -299,8 +299,15 @@ def segment(array_hu: np.ndarray, spacing_mm, *, segmenter: Segmenter | None = N
 
 
 def segment_file(segmenter: Segmenter, volume, output_path: str | Path, options: SegmentOptions | None = None,
-                 timer: StageTimer | None = None, qc_path: str | Path | None = None) -> CaseReport:
-    """Segment a read :class:`flare_seg.io.Volume`, write the label map atomically; returns the report."""
+                 timer: StageTimer | None = None, qc_path: str | Path | None = None,
+                 extras: tuple = ()) -> CaseReport:
+    """Segment a read :class:`flare_seg.io.Volume`, write the label map atomically; returns the report.
+
+    ``extras``: per-case extra outputs (:class:`flare_seg.dicom_seg.DicomSegOutput`,
+    :class:`flare_seg.statistics.StatisticsOutput`), each called after the label map is written as
+    ``extra(volume, labels, output_path, segmenter) -> dict`` (its fields set on the report) and
+    timed as its ``stage``.
+    """
     from flare_seg import io
 
     timer = timer or StageTimer()
@@ -315,6 +322,11 @@ def segment_file(segmenter: Segmenter, volume, output_path: str | Path, options:
 
             overlay_png(volume.array, result.labels, volume.geometry, qc_path, title=Path(output_path).name)
         report.qc_png = str(qc_path)
+    for extra in extras:
+        with timer.stage(extra.stage):
+            entries = extra(volume, result.labels, Path(output_path), segmenter)
+        report.warnings += entries.pop("warnings", [])
+        report.set_outputs(entries)
     return report
 
 
@@ -383,10 +395,12 @@ def _check_collisions(jobs: list[Job], input_paths: set) -> list[Job]:
 
 def run_jobs(segmenter: Segmenter, jobs: list[Job], *, options: SegmentOptions | None = None,
              skip_existing: bool = False, qc_dir: Path | None = None, read_kwargs: dict | None = None,
-             progress: bool = True) -> list[dict]:
+             progress: bool = True, extras: tuple = ()) -> list[dict]:
     """Run jobs in order, reading the next case in a background thread while this one is predicted.
 
     A failing case gets a record with its error (one line naming the file); the others still run.
+    ``extras`` are extra outputs per case (see :func:`segment_file`); ``skip_existing`` skips a case
+    only when its label map and all its extra outputs exist.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -396,16 +410,7 @@ def run_jobs(segmenter: Segmenter, jobs: list[Job], *, options: SegmentOptions |
 
     read_kwargs = read_kwargs or {}
     _remove_killed_runs_temporaries({job.output.parent for job in jobs} | ({qc_dir} if qc_dir else set()))
-    todo = []
-    records = []
-    for job in jobs:
-        if job.error:
-            records.append(CaseReport(job.case, str(job.input), status="error", error=job.error).to_dict())
-            log.error(job.error)
-        elif skip_existing and _complete_output(job.output):
-            records.append(CaseReport(job.case, str(job.input), str(job.output), status="skipped").to_dict())
-        else:
-            todo.append(job)
+    records, todo = triage_jobs(jobs, skip_existing, extras)
 
     def read(job: Job):
         t0 = time.perf_counter()
@@ -415,8 +420,27 @@ def run_jobs(segmenter: Segmenter, jobs: list[Job], *, options: SegmentOptions |
         pending = pool.submit(read, todo[0]) if todo else None
         for i, job in enumerate(tqdm(todo, unit="case", disable=not progress)):
             future, pending = pending, (pool.submit(read, todo[i + 1]) if i + 1 < len(todo) else None)
-            records.append(_run_one(segmenter, job, future, options, qc_dir))
+            records.append(_run_one(segmenter, job, future, options, qc_dir, extras))
     return records
+
+
+def triage_jobs(jobs: list[Job], skip_existing: bool = False, extras: tuple = ()) -> tuple[list[dict], list[Job]]:
+    """Records of the jobs refused up front or skipped (outputs exist and are whole), and the jobs left to run."""
+    records, todo = [], []
+    for job in jobs:
+        if job.error:
+            records.append(CaseReport(job.case, str(job.input), status="error", error=job.error).to_dict())
+            log.error(job.error)
+        elif skip_existing and _complete_output(job.output) and all(p.exists() for p in outputs_of(job, extras)):
+            records.append(CaseReport(job.case, str(job.input), str(job.output), status="skipped").to_dict())
+        else:
+            todo.append(job)
+    return records, todo
+
+
+def outputs_of(job: Job, extras: tuple = ()) -> list[Path]:
+    """Every file a job writes: its label map and its extra outputs."""
+    return [job.output] + [extra.path_for(job.output) for extra in extras]
 
 
 def _remove_killed_runs_temporaries(folders) -> None:
@@ -442,7 +466,7 @@ def _complete_output(path: Path) -> bool:
     return True
 
 
-def _run_one(segmenter, job: Job, future, options, qc_dir) -> dict:
+def _run_one(segmenter, job: Job, future, options, qc_dir, extras: tuple = ()) -> dict:
     """One case, isolated: any ``Exception`` (TensorFlow's ``OpError``/``ResourceExhaustedError`` are
     not ``RuntimeError``s) becomes this case's one-line error; the memory sampler stops in every path.
     ``KeyboardInterrupt`` and ``SystemExit`` are not ``Exception``s and still abort the run."""
@@ -454,7 +478,7 @@ def _run_one(segmenter, job: Job, future, options, qc_dir) -> dict:
     try:
         volume, read_seconds = future.result()  # read in the background, overlapping the previous case
         qc_path = (qc_dir / f"{job.case}.png") if qc_dir is not None else None
-        record = segment_file(segmenter, volume, job.output, options, timer, qc_path)
+        record = segment_file(segmenter, volume, job.output, options, timer, qc_path, extras)
         record.case, record.input, record.output = job.case, str(job.input), str(job.output)
         record.input_geometry = volume.geometry.to_dict()
         log.info("%s -> %s (%.2f s)", job.input.name, job.output, time.perf_counter() - t0)

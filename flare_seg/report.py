@@ -67,8 +67,10 @@ class CaseReport:
     memory: dict | None = None
     peak_rss_bytes: int | None = None
     qc_png: str | None = None
-    #: Outputs of optional features (e.g. ``{"statistics_json": path}``), by name.
-    outputs: dict[str, str] = field(default_factory=dict)
+    #: Optional outputs (``--dicom-seg``, ``--statistics``): file paths, and the statistics themselves.
+    dicom_seg: str | None = None
+    statistics_json: str | None = None
+    statistics: dict | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -77,6 +79,13 @@ class CaseReport:
     def fail(self, message: str) -> None:
         """Mark the case failed with a one-line ``message``."""
         self.status, self.error = "error", message
+
+    def set_outputs(self, entries: dict) -> None:
+        """Set the fields an optional output reports (``{"dicom_seg": path}``); unknown names are a bug."""
+        for name, value in entries.items():
+            if name not in ("dicom_seg", "statistics_json", "statistics"):
+                raise ValueError(f"CaseReport has no output field {name!r}")
+            setattr(self, name, value)
 
     def to_dict(self) -> dict:
         """The JSON form: plain values, ``None`` and empty optional fields left out."""

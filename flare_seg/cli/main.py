@@ -30,7 +30,7 @@ def setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr, force=True)
-    for noisy in ("tensorflow", "absl", "matplotlib", "PIL", "h5py", "carbontracker"):
+    for noisy in ("tensorflow", "absl", "matplotlib", "PIL", "h5py", "carbontracker", "highdicom", "distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

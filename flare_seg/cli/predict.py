@@ -64,6 +64,53 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unit-spacing-fix", type=_spacing_fix, metavar="X,Y,Z|flare",
                    help="spacing to use when a header claims exactly 1x1x1 mm ('flare': 0.8145,0.8145,2.528)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_hospital_arguments(p)
+
+
+def add_hospital_arguments(p: argparse.ArgumentParser) -> None:
+    """Outputs for the hospital (DICOM-SEG, statistics) and cohort runs on a cluster (issue 14)."""
+    group = p.add_argument_group("hospital and cluster")
+    group.add_argument("--dicom-seg", action="store_true",
+                       help="also write OUT/<case>.seg.dcm, a DICOM Segmentation of each DICOM series input "
+                            "(needs the [hospital] extra)")
+    group.add_argument("--statistics", action="store_true",
+                       help="also write OUT/<case>.statistics.json (per organ: volume, HU, box, components, "
+                            "field of view) and, for a folder, OUT/statistics.csv (needs the [hospital] extra)")
+    group.add_argument("--dask", metavar="SCHEDULER|local:N",
+                       help="run the cases on a Dask cluster (tcp://host:8786), or on a local cluster of N worker "
+                            "processes; each worker loads the models once (needs the [cluster] extra)")
+
+
+def _extras(args, jobs) -> tuple:
+    """The extra outputs asked for; refuses up front what cannot work (non-DICOM input for --dicom-seg)."""
+    from flare_seg import io
+
+    extras = []
+    if args.dicom_seg:
+        from flare_seg.dicom_seg import DicomSegOutput
+        from flare_seg.extras import require
+
+        require("--dicom-seg", "hospital", "highdicom", "pydicom")
+        not_dicom = [job for job in jobs if not job.error and not io.is_dicom_folder(job.input)]
+        if len(not_dicom) == len(jobs):
+            raise ValueError(f"{jobs[0].input}: --dicom-seg needs DICOM series input (a folder of DICOM files); "
+                             "this is not one")
+        for job in not_dicom:
+            job.error = f"{job.input}: --dicom-seg needs a DICOM series, not an image file; case refused"
+        extras.append(DicomSegOutput())
+    if args.statistics:
+        from flare_seg.extras import require
+        from flare_seg.statistics import StatisticsOutput
+
+        require("--statistics", "hospital", "cc3d")
+        extras.append(StatisticsOutput())
+    return tuple(extras)
+
+
+def _folder_run(args) -> bool:
+    from flare_seg import io
+
+    return args.input.is_dir() and not io.is_dicom_folder(args.input)
 
 
 def _summary(records: list[dict], wall_seconds: float, sampler_result: dict | None) -> dict:
@@ -91,31 +138,70 @@ def run(args) -> int:
     from flare_seg import io
     from flare_seg.config import atomic_write_text
     from flare_seg.instrument import MemorySampler
-    from flare_seg.predict import Segmenter, SegmentOptions, plan_jobs, run_jobs
+    from flare_seg.predict import SegmentOptions, plan_jobs
 
     jobs = plan_jobs(args.input, args.output)
+    extras = _extras(args, jobs)
     out_dir = jobs[0].output.parent if len(jobs) == 1 else args.output
     io.ensure_writable_folder(out_dir)
     qc_dir = None
     if args.qc is not None:
         qc_dir = io.ensure_writable_folder(out_dir / "qc" if args.qc is True else Path(args.qc))
     t0 = time.perf_counter()
-    segmenter = Segmenter.load(args.model_dir, device=args.device, memory=args.gpu_memory, fp16=args.fp16,
-                               threads=args.threads)
-    load_seconds = time.perf_counter() - t0
     options = SegmentOptions(resample_mode=args.resample,
                              largest_component_only=True if args.largest_component else None)
     read_kwargs = {"nonfinite": args.nonfinite, "unit_spacing_fix": args.unit_spacing_fix}
     with MemorySampler() as sampler:
-        records = run_jobs(segmenter, jobs, options=options, skip_existing=args.skip_existing, qc_dir=qc_dir,
-                           read_kwargs=read_kwargs, progress=not args.no_progress)
+        runner = _run_on_dask if args.dask else _run_here
+        records, provenance, load_seconds = runner(args, jobs, options, read_kwargs, qc_dir, extras)
     summary = _summary(records, time.perf_counter() - t0, sampler.result())
     summary["model_load_seconds"] = round(load_seconds, 3)
+    if args.statistics and _folder_run(args):
+        from flare_seg.statistics import CSV_NAME, write_statistics_csv
+
+        summary["statistics_csv"] = str(out_dir / CSV_NAME)
+        write_statistics_csv(records, out_dir / CSV_NAME)
     if args.report:
-        payload = {"provenance": segmenter.provenance(), "summary": summary, "cases": records}
+        payload = {"provenance": provenance, "summary": summary, "cases": records}
         atomic_write_text(args.report, json.dumps(payload, indent=2, default=_json_default) + "\n")
     _print_table(records)
     return 1 if summary["failed"] else 0
+
+
+def _run_here(args, jobs, options, read_kwargs, qc_dir, extras) -> tuple[list[dict], dict, float]:
+    """Load the models in this process and run the cases one after the other."""
+    from flare_seg.predict import Segmenter, run_jobs
+
+    t0 = time.perf_counter()
+    segmenter = Segmenter.load(args.model_dir, device=args.device, memory=args.gpu_memory, fp16=args.fp16,
+                               threads=args.threads)
+    load_seconds = time.perf_counter() - t0
+    records = run_jobs(segmenter, jobs, options=options, skip_existing=args.skip_existing, qc_dir=qc_dir,
+                       read_kwargs=read_kwargs, progress=not args.no_progress, extras=extras)
+    return records, segmenter.provenance(), load_seconds
+
+
+def _run_on_dask(args, jobs, options, read_kwargs, qc_dir, extras) -> tuple[list[dict], dict, float]:
+    """One task per case on Dask workers; each worker loads the models once (a worker plugin)."""
+    from flare_seg import cohort
+    from flare_seg.predict import triage_jobs
+
+    records, todo = triage_jobs(jobs, args.skip_existing, extras)
+    if not todo:  # everything refused or already written: no cluster needed
+        return records, {"dask": None}, 0.0
+    client, cluster = cohort.connect(args.dask)
+    try:
+        load = cohort.LoadOptions(str(args.model_dir) if args.model_dir else None, args.device, args.gpu_memory,
+                                  args.fp16, cohort.local_threads(args.dask, args.threads))
+        task = cohort.CaseTask(options, qc_dir, read_kwargs, extras)
+        records, report = cohort.run_cohort(client, jobs, load, task, skip_existing=args.skip_existing,
+                                            progress=not args.no_progress)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    provenance = {**(report.pop("provenance") or {}), "dask": report}
+    return records, provenance, report["model_load_seconds"]
 
 
 def _json_default(value):
