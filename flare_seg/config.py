@@ -104,6 +104,13 @@ class SegmenterConfig:
     ``"multiply"`` is the SCN papers' product (the spatial net can only suppress spurious local
     responses, never invent organs); ``"entropy_blend"`` follows the authors' FLARE code and
     weights the two by the spatial net's normalised binary entropy.
+
+    ``architecture``: ``"scn"`` (seed 002), ``"unet"`` (the SCN's local U-Net alone, the baseline)
+    or ``"attention_unet"`` (the same with additive attention gates on every skip, seed 003); the
+    last two use ``local`` and ignore ``spatial``/``combination``. ``anatomical_attention`` adds a
+    second input channel, the signed distance to the coarse organ mask (seed 000;
+    :mod:`flare_seg.anatomical`). A ``config.json`` written before these keys existed loads as
+    the plain SCN.
     """
 
     local: NetworkConfig = NetworkConfig(levels=5, filters=32)
@@ -113,10 +120,21 @@ class SegmenterConfig:
     combination: str = "multiply"
     preprocess: SegPreprocessConfig = SegPreprocessConfig()
     dtype_policy: str = "float32"
+    architecture: str = "scn"
+    anatomical_attention: bool = False
+
+    ARCHITECTURES = ("scn", "unet", "attention_unet")
 
     def __post_init__(self) -> None:
         if self.combination not in ("multiply", "entropy_blend"):
             raise ValueError(f"combination must be 'multiply' or 'entropy_blend', got {self.combination!r}")
+        if self.architecture not in self.ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {self.ARCHITECTURES}, got {self.architecture!r}")
+
+    @property
+    def input_channels(self) -> int:
+        """Image, plus the anatomical distance map when ``anatomical_attention``."""
+        return 2 if self.anatomical_attention else 1
 
 
 @dataclass(frozen=True)
@@ -163,6 +181,21 @@ class TrainConfig:
     workers: int = 1
     folds: int = 4
     fold: int | None = None
+    #: Honour ``dataset.json`` annotations (seed 001): organs a case does not label are unknown,
+    #: merged into the background before the loss (re-calibration) and left out of Dice terms.
+    #: False treats them as background (the naive baseline). No effect on fully labelled data.
+    partial_labels: bool = True
+    #: ``"paper"``: generalized Dice (+ CE for the SCN), seed 002. ``"hybrid"``: seed 001's batch
+    #: Dice x ``hybrid_dice_weight`` + spatially balanced focal loss x ``hybrid_focal_weight``
+    #: with focusing exponent ``focal_gamma``, in place of the generalized Dice term.
+    loss: str = "paper"
+    hybrid_dice_weight: float = 1.0
+    hybrid_focal_weight: float = 1.0
+    focal_gamma: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("paper", "hybrid"):
+            raise ValueError(f"loss must be 'paper' or 'hybrid', got {self.loss!r}")
 
 
 @dataclass(frozen=True)
@@ -183,6 +216,9 @@ class DataConfig:
     synthetic_chest: float = 0.0
     val_data: str | None = None
     val_synthetic: int = 0
+    #: Sampling weight of each ``data`` folder (same order); empty = every case equally likely.
+    #: A folder's cases share its weight, so a small folder is not drowned by a large one.
+    data_weights: tuple[float, ...] = ()
 
     #: Keys of the flat ``data.json`` written before this dataclass existed.
     LEGACY_KEYS = {"synthetic_shape": "synthetic_shape_zyx", "synthetic_spacing": "synthetic_spacing_mm"}

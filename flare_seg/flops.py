@@ -6,7 +6,7 @@ import numpy as np
 
 
 def conv_flops(model, input_shape_zyx) -> int:
-    """2 x multiply-accumulates of every 3-D convolution for one ``(z, y, x)`` single-channel input.
+    """2 x multiply-accumulates of every 3-D convolution for one ``(z, y, x)`` input (all its channels).
 
     Output shapes come from a symbolic pass (no computation), so any size can be counted.
     """
@@ -16,7 +16,8 @@ def conv_flops(model, input_shape_zyx) -> int:
 
     convs = [layer for layer in all_layers(model) if isinstance(layer, keras.layers.Conv3D)]
     probe = keras.Model(model.inputs, [layer.output for layer in convs])
-    specs = probe.compute_output_spec(keras.KerasTensor((1, *input_shape_zyx, 1)))
+    channels = int(model.inputs[0].shape[-1])  # 1, or 2 with the anatomical channel
+    specs = probe.compute_output_spec(keras.KerasTensor((1, *input_shape_zyx, channels)))
     total = 0
     for layer, spec in zip(convs, specs, strict=True):
         kernel = layer.kernel.shape  # (kz, ky, kx, c_in, c_out)

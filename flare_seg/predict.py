@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from flare_seg import __version__
+from flare_seg.anatomical import coarse_mask_channel, with_channel
 from flare_seg.config import LocalizerConfig, SegmenterConfig, load_config, replace
 from flare_seg.geometry import IDENTITY_DIRECTION, Geometry, from_canonical, to_canonical
 from flare_seg.instrument import MemorySampler, StageTimer, peak_rss_bytes
@@ -183,7 +184,7 @@ class Segmenter:
         from flare_seg.runtime import allocator_peak_bytes
 
         allocator_peak_bytes(reset=True)
-        out = loaded.predict(x[None, ..., None])
+        out = loaded.predict(x[None, ..., None] if x.ndim == 3 else x[None])  # (z, y, x[, channels])
         report.allocator_peak_bytes[name] = allocator_peak_bytes()
         return out
 
@@ -225,6 +226,7 @@ class Segmenter:
             if largest is None:
                 largest = self.seg.config.preprocess.largest_component_only
             box = box_in_input(np.argmax(logits, axis=-1) > 0, loc_record, largest)
+            self._coarse = (np.argmax(logits, axis=-1) > 0, loc_record)  # anatomical attention's landmark
         report.box = None if box is None else BoxReport.from_box(box, canon_geometry, canon.shape)
         if report.box is not None and report.box.touches_border:
             report.warnings.append("organ box touches the image border: organs may be cut off by the field of view")
@@ -235,6 +237,9 @@ class Segmenter:
         with timer.stage("seg_preprocess"):
             x_seg, seg_record = seg_input(canon, canon_geometry.spacing_mm, box, self.seg.config.preprocess)
         report.segmenter = _grid_report(x_seg, seg_record)
+        if self.seg.config.anatomical_attention:  # seed 000: + distance to the localizer's coarse mask
+            with timer.stage("seg_preprocess"):
+                x_seg = with_channel(x_seg, coarse_mask_channel(*self._coarse, seg_record))
         with timer.stage("seg_predict"):
             prob = self._run(self.seg, x_seg, "seg", report)["prob"][0]
         with timer.stage("to_input_grid"):

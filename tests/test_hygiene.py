@@ -50,6 +50,14 @@ SCRIPT = textwrap.dedent("""
     assert float(np.asarray(losses.generalized_dice_loss(np.ones((1, 2, 2, 2, 1), "float32"),
                                                            np.ones((1, 2, 2, 2, 1), "float32")))[0]) < 1e-5
     assert "val_dsc_liver" in result.log_rows[-1]
+    from flare_seg.config import replace
+    from flare_seg.training import partial
+    for variant in ({"architecture": "attention_unet", "anatomical_attention": True}, {"architecture": "unet"}):
+        net = build_model(replace(seg, **variant))
+        channels = 2 if variant.get("anatomical_attention") else 1
+        assert compiled_predictor(net)(np.zeros((1, 32, 32, 32, channels), "float32"))["prob"].shape[-1] == 5
+    y = partial.partial_target(np.zeros((2, 2, 2), np.uint8), 5, (1,))[None]
+    assert np.isfinite(float(np.asarray(partial.partial_sigmoid_cross_entropy(y, np.zeros_like(y)))[0]))
     blocked = [m for m in ("tensorflow", "SimpleITK") if sys.modules.get(m) is not None]
     assert not blocked, blocked
     print("OK")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from flare_seg.evaluation.evaluate import (
     evaluate_folder,
+    format_detection_table,
     format_table,
     load_folds,
     plot_boxplots,
@@ -60,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
              f"missing {len(cases['missing'])}, skipped {len(cases['skipped'])}, errors {len(cases['error'])}")
     print(title)
     print(format_table([("All cases", document["summary"])]))
+    print()
+    print(format_detection_table([("All cases", document["summary"])]))
     if folds is not None:
         print()
         print(format_table([(f["fold"], f["summary"]) for f in document["folds"]]))

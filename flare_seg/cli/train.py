@@ -72,6 +72,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="sample-producing threads (default 1)")
     p.add_argument("--threads", type=int, help="compute threads of the backend (TensorFlow intra-op)")
     p.add_argument("--seed", type=int, help="seed of init, data order, augmentation and dropout")
+    p.add_argument("--architecture", choices=("scn", "unet", "attention_unet"),
+                   help="segmenter: SCN (default), plain U-Net or attention-gate U-Net (seed 003)")
+    p.add_argument("--anatomical-attention", action="store_true",
+                   help="segmenter input + signed distance to the coarse organ mask (seed 000)")
+    p.add_argument("--per-organ", action="store_true",
+                   help="localizer with one channel per organ (needed to train it on partially annotated data)")
+    p.add_argument("--data-weights", type=lambda s: tuple(float(v) for v in s.split(",")), metavar="W1,W2,...",
+                   help="sampling weight of each --data source (default: every case equally likely)")
+    p.add_argument("--no-partial-labels", action="store_true",
+                   help="treat organs a dataset.json does not annotate as background (naive baseline)")
+    p.add_argument("--loss", choices=("paper", "hybrid"),
+                   help="Dice term: generalized Dice (paper) or batch Dice + spatially balanced focal (seed 001)")
+    p.add_argument("--focal-gamma", type=float, help="focusing exponent of the hybrid loss's focal term (default 2)")
     p.add_argument("--no-carbon", action="store_true", help="do not track energy/CO2 with carbontracker")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -89,6 +102,7 @@ def _train_config(args) -> TrainConfig:
         "clipnorm": args.clipnorm, "weight_decay": args.weight_decay, "train_size_zyx": args.train_size,
         "checkpoint_every": args.checkpoint_every, "validate_every": args.validate_every,
         "workers": args.workers, "seed": args.seed, "folds": args.folds, "fold": args.fold,
+        "loss": args.loss, "focal_gamma": args.focal_gamma,
     }
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if args.no_ema_warmup:
@@ -97,6 +111,8 @@ def _train_config(args) -> TrainConfig:
         cfg = replace(cfg, mixed_precision=True)
     if args.no_augment:
         cfg = replace(cfg, augment=AugmentConfig(enabled=False))
+    if args.no_partial_labels:
+        cfg = replace(cfg, partial_labels=False)
     return cfg
 
 
@@ -107,6 +123,13 @@ def _model_config(args, train_config: TrainConfig):
     config = load_config(args.config) if args.config else default
     if train_config.mixed_precision:
         config = replace(config, dtype_policy="mixed_float16")
+    if isinstance(config, SegmenterConfig):
+        if args.architecture:
+            config = replace(config, architecture=args.architecture)
+        if args.anatomical_attention:
+            config = replace(config, anatomical_attention=True)
+    elif args.per_organ:
+        config = replace(config, num_labels=5)
     return config
 
 
@@ -116,7 +139,8 @@ def data_config(args) -> DataConfig:
                       synthetic_shape_zyx=tuple(args.synthetic_shape),
                       synthetic_spacing_mm=tuple(args.synthetic_spacing),
                       synthetic_vary=args.synthetic_vary, synthetic_chest=args.synthetic_chest,
-                      val_data=str(args.val_data) if args.val_data else None, val_synthetic=args.val_synthetic)
+                      val_data=str(args.val_data) if args.val_data else None, val_synthetic=args.val_synthetic,
+                      data_weights=tuple(args.data_weights or ()))
 
 
 def _init_weights(path: Path | None) -> Path | None:

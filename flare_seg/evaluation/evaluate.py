@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 
 ORGAN_NAMES: tuple[str, ...] = tuple(NAMES[label] for label in ORGANS)
 SCORED = ("ok", "missing")
-CSV_COLUMNS = ("case", "organ", "dsc", "nsd", "tolerance_mm", "status", "message")
+CSV_COLUMNS = ("case", "organ", "dsc", "nsd", "precision", "recall", "far_fp_ml", "tolerance_mm", "status", "message")
+#: Seed 003's metrics and the far false positives, beside DSC/NSD in every row.
+DETECTION = ("precision", "recall", "far_fp_ml")
 
 
 # ----------------------------------------------------------------------------- matching files
@@ -75,9 +77,9 @@ def _as_labels(array: np.ndarray, mapping, path: Path) -> np.ndarray:
 
 
 def _rows(case: str, scores: dict | None, tolerances: dict[str, float], status: str, message: str = "") -> list[dict]:
-    return [{"case": case, "organ": organ, "dsc": None if scores is None else scores[organ]["dsc"],
-             "nsd": None if scores is None else scores[organ]["nsd"], "tolerance_mm": tolerances[organ],
-             "status": status, "message": message} for organ in tolerances]
+    return [{"case": case, "organ": organ,
+             **{k: None if scores is None else scores[organ].get(k) for k in ("dsc", "nsd", *DETECTION)},
+             "tolerance_mm": tolerances[organ], "status": status, "message": message} for organ in tolerances]
 
 
 def evaluate_case(case: str, pred_path: Path | None, gt_path: Path, protocol="flare21",
@@ -86,7 +88,7 @@ def evaluate_case(case: str, pred_path: Path | None, gt_path: Path, protocol="fl
 
     Unreadable files and a prediction off the ground-truth grid give ``error`` rows (not raised).
     """
-    from flare_seg.evaluation.metrics import protocol_tolerances, score_case
+    from flare_seg.evaluation.metrics import detection_scores, protocol_tolerances, score_case
     from flare_seg.io import read_image
 
     tolerances = protocol_tolerances(protocol)
@@ -106,6 +108,8 @@ def evaluate_case(case: str, pred_path: Path | None, gt_path: Path, protocol="fl
         return _rows(case, None, tolerances, "error", str(err))
     _warn_unexpected_labels(case, gt, "ground truth")
     scores = score_case(pred, gt, gt_geometry.spacing_mm, tolerances)
+    for organ, extra in detection_scores(pred, gt, gt_geometry.spacing_mm, tuple(tolerances)).items():
+        scores[organ].update(extra)
     return _rows(case, scores, tolerances, "ok" if pred_path is not None else "missing")
 
 
@@ -178,7 +182,9 @@ def summarize(rows: list[dict]) -> dict[str, dict]:
     for row in scored:
         per_case.setdefault(row["case"], []).append(row)
     summary["mean_of_organs"] = _stats([
-        {"dsc": float(np.mean([r["dsc"] for r in case_rows])), "nsd": float(np.mean([r["nsd"] for r in case_rows]))}
+        {key: float(np.mean([r[key] for r in case_rows])) for key in ("dsc", "nsd", "precision", "recall")
+         if all(r.get(key) is not None for r in case_rows)}
+        | {"far_fp_ml": float(np.sum([r.get("far_fp_ml") or 0.0 for r in case_rows]))}
         for case_rows in per_case.values()])
     return summary
 
@@ -186,8 +192,14 @@ def summarize(rows: list[dict]) -> dict[str, dict]:
 def _stats(rows: list[dict]) -> dict:
     dsc_mean, dsc_std = _mean_std_pct([row["dsc"] for row in rows])
     nsd_mean, nsd_std = _mean_std_pct([row["nsd"] for row in rows])
-    return {"dsc_mean_pct": dsc_mean, "dsc_std_pct": dsc_std, "nsd_mean_pct": nsd_mean,
-            "nsd_std_pct": nsd_std, "n_cases": len(rows)}
+    stats = {"dsc_mean_pct": dsc_mean, "dsc_std_pct": dsc_std, "nsd_mean_pct": nsd_mean,
+             "nsd_std_pct": nsd_std, "n_cases": len(rows)}
+    for key in ("precision", "recall"):
+        mean, std = _mean_std_pct([row[key] for row in rows if row.get(key) is not None])
+        stats.update({f"{key}_mean_pct": mean, f"{key}_std_pct": std})
+    far = [row["far_fp_ml"] for row in rows if row.get("far_fp_ml") is not None]
+    stats["far_fp_ml_total"] = float(np.sum(far)) if far else None
+    return stats
 
 
 def load_folds(path: str | Path) -> list[list[str]]:
@@ -241,6 +253,29 @@ def format_table(table: list[tuple[str, dict]], organs: tuple[str, ...] = ORGAN_
         cells = "".join(
             f" | {_cell(summary[o]['dsc_mean_pct'], summary[o]['dsc_std_pct']):>{cell}}"
             f" {_cell(summary[o]['nsd_mean_pct'], summary[o]['nsd_std_pct']):>{cell}}" for o in organs)
+        lines.append(f"{label:<{label_width}}{cells}")
+    return "\n".join(lines)
+
+
+def _ml(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def format_detection_table(table: list[tuple[str, dict]], organs: tuple[str, ...] = ORGAN_NAMES) -> str:
+    """Text table of precision and recall (percent, mean ± std) per organ and the far false
+    positives (ml, summed over cases; > :data:`flare_seg.evaluation.metrics.FAR_MM` mm from the organ)."""
+    label_width = max([len("Organ")] + [len(label) for label, _ in table])
+    cell = 13
+    head1 = " " * label_width + "".join(f" | {organ.capitalize():^{3 * cell + 2}}" for organ in organs)
+    head2 = " " * label_width + "".join(f" | {'Precision':^{cell}} {'Recall':^{cell}} {'far FP ml':^{cell}}"
+                                        for _ in organs)
+    lines = [head1.rstrip(), head2.rstrip(), "-" * len(head2)]
+    for label, summary in table:
+        cells = "".join(
+            f" | {_cell(summary[o]['precision_mean_pct'], summary[o]['precision_std_pct']):>{cell}}"
+            f" {_cell(summary[o]['recall_mean_pct'], summary[o]['recall_std_pct']):>{cell}}"
+            f" {_ml(summary[o]['far_fp_ml_total']):>{cell}}"
+            for o in organs)
         lines.append(f"{label:<{label_width}}{cells}")
     return "\n".join(lines)
 

@@ -218,3 +218,58 @@ def score_case(pred: np.ndarray, gt: np.ndarray, spacing_mm, protocol: str | dic
                          "nsd": normalized_surface_dice(pred_mask, gt_mask, spacing_mm, tolerance_mm)}
     return scores
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision and recall (seed 003's metrics) and the false positives far from the organ.
+# ---------------------------------------------------------------------------------------------
+
+#: A predicted voxel farther than this from the ground-truth organ is a "far" false positive: the
+#: kind of error the SCN's spatial part exists to remove (an organ called in the wrong place).
+FAR_MM = 20.0
+
+
+def precision_recall(pred_mask: np.ndarray, gt_mask: np.ndarray) -> tuple[float, float]:
+    """``(TP / (TP + FP), TP / (TP + FN))`` with FLARE's edge rules: 1 when both masks are empty, 0 when
+    only one is (an organ predicted but absent has precision and recall 0, and so has one missed)."""
+    pred_mask = np.asarray(pred_mask, dtype=bool)
+    gt_mask = np.asarray(gt_mask, dtype=bool)
+    if pred_mask.shape != gt_mask.shape:
+        raise ValueError(f"mask shapes differ: prediction {pred_mask.shape}, ground truth {gt_mask.shape}")
+    n_pred, n_gt = int(pred_mask.sum()), int(gt_mask.sum())
+    if n_pred == 0 or n_gt == 0:
+        return (1.0, 1.0) if n_pred == n_gt else (0.0, 0.0)
+    tp = int(np.logical_and(pred_mask, gt_mask).sum())
+    return tp / n_pred, tp / n_gt
+
+
+def far_false_positive_ml(pred_mask: np.ndarray, gt_mask: np.ndarray, spacing_mm, far_mm: float = FAR_MM) -> float:
+    """Volume (ml) of predicted voxels more than ``far_mm`` from the ground-truth mask (all of them
+    when the ground truth is empty)."""
+    from scipy import ndimage
+
+    pred_mask = np.asarray(pred_mask, dtype=bool)
+    gt_mask = np.asarray(gt_mask, dtype=bool)
+    spacing = _check_masks(gt_mask, pred_mask, spacing_mm)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    if not pred_mask.any():
+        return 0.0
+    if not gt_mask.any():
+        return int(pred_mask.sum()) * voxel_ml
+    distance = ndimage.distance_transform_edt(~gt_mask, sampling=spacing)
+    return int(np.count_nonzero(pred_mask & (distance > far_mm))) * voxel_ml
+
+
+def detection_scores(pred: np.ndarray, gt: np.ndarray, spacing_mm, organs=None) -> dict[str, dict[str, float]]:
+    """Precision, recall and far false positives (ml) per organ: ``{organ: {"precision", "recall", "far_fp_ml"}}``."""
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    if pred.shape != gt.shape:
+        raise ValueError(f"label map shapes differ: prediction {pred.shape}, ground truth {gt.shape}")
+    label_of = {NAMES[label]: label for label in ORGANS}
+    scores = {}
+    for organ in organs or label_of:
+        pred_mask, gt_mask = pred == label_of[organ], gt == label_of[organ]
+        precision, recall = precision_recall(pred_mask, gt_mask)
+        scores[organ] = {"precision": precision, "recall": recall,
+                         "far_fp_ml": far_false_positive_ml(pred_mask, gt_mask, spacing_mm)}
+    return scores

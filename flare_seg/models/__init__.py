@@ -11,6 +11,10 @@ def build_model(config):
         from flare_seg.models.unet import build_localizer
 
         return build_localizer(config)
+    if isinstance(config, SegmenterConfig) and config.architecture != "scn":
+        from flare_seg.models.attention_unet import build_unet_segmenter
+
+        return build_unet_segmenter(config)
     if isinstance(config, SegmenterConfig):
         from flare_seg.models.scn import build_scn
 

@@ -19,11 +19,12 @@ from flare_seg.models.layers import LinearUpSampling3D, SCNCombine, SelectChanne
 from flare_seg.models.unet import unet
 
 
-def spatial_inputs(label: int, num_labels: int) -> list[int]:
-    """Channels of [image, local maps...] the spatial net of ``label`` sees (0 = image, k = map of label k-1... )."""
+def spatial_inputs(label: int, num_labels: int, image_channels: int = 1) -> list[int]:
+    """Channels of [image channels..., local maps...] the spatial net of ``label`` sees: every image
+    channel (the image, and the anatomical map when there is one), then the organ maps it may see."""
     organs = list(range(1, num_labels))
     seen = organs if label == 0 else [o for o in organs if o != label]
-    return [0] + [1 + o for o in seen]
+    return list(range(image_channels)) + [image_channels + o for o in seen]
 
 
 def build_scn(config: SegmenterConfig) -> keras.Model:
@@ -36,7 +37,7 @@ def build_scn(config: SegmenterConfig) -> keras.Model:
     dtype = keras.DTypePolicy(config.dtype_policy)
     n = config.num_labels
     f = config.spatial_downsample
-    image = keras.Input(shape=(None, None, None, 1), name="image")
+    image = keras.Input(shape=(None, None, None, config.input_channels), name="image")
     local_logits = unet(image, config.local, n, "local", dtype)
     local_maps = layers.Activation("sigmoid", name="local_sigmoid", dtype="float32")(local_logits)
     local_maps = StopGradient(name="local_stop_gradient", dtype="float32")(local_maps)
@@ -45,7 +46,8 @@ def build_scn(config: SegmenterConfig) -> keras.Model:
     stacked = layers.Concatenate(name="spatial_stack", dtype="float32")([image_small, maps_small])
     spatial = []
     for label in range(n):
-        x = SelectChannels(spatial_inputs(label, n), name=f"spatial{label}_inputs", dtype=dtype)(stacked)
+        channels = spatial_inputs(label, n, config.input_channels)
+        x = SelectChannels(channels, name=f"spatial{label}_inputs", dtype=dtype)(stacked)
         spatial.append(unet(x, config.spatial, 1, f"spatial{label}", dtype))
     spatial_small = layers.Concatenate(name="spatial_logits_small", dtype="float32")(spatial)
     spatial_logits = LinearUpSampling3D(f, name="spatial_upsample", dtype="float32")(spatial_small)

@@ -33,17 +33,29 @@ def resolve_data_config(out: Path, given: DataConfig, resume: bool) -> DataConfi
     return given
 
 
-def load_dataset(sources, label_map: str | None) -> list:
-    """Every (image, label) pair of the dataset folders / JSON lists in ``sources`` as training cases."""
+def load_dataset(sources, label_map: str | None, weights=()) -> list:
+    """Every (image, label) pair of the dataset folders / JSON lists in ``sources`` as training cases.
+
+    A folder's ``dataset.json`` says which organs it annotates (:mod:`flare_seg.training.partial`);
+    ``weights`` (one per source, or empty) make each source's share of the samples that weight."""
     from flare_seg.labels import parse_label_map
     from flare_seg.training.data import find_pairs, load_case
+    from flare_seg.training.partial import case_annotations, keep_annotated, read_annotations
 
+    if weights and len(weights) != len(sources):
+        raise ValueError(f"data_weights: {len(weights)} weight(s) for {len(sources)} --data source(s)")
     mapping = parse_label_map(label_map) if label_map else None
     cases = []
-    for source in sources:
-        for case_id, image, label in find_pairs(source):
-            cases.append(load_case(case_id, image, label, label_map=mapping))
-            log.info("loaded %s %s", case_id, cases[-1].image_hu.shape)
+    for k, source in enumerate(sources):
+        annotations = read_annotations(source)
+        pairs = find_pairs(source)
+        for case_id, image, label in pairs:
+            case = load_case(case_id, image, label, label_map=mapping)
+            case.annotated = case_annotations(annotations, case_id, source)
+            case.labels = keep_annotated(case.labels, case.annotated)
+            case.weight = float(weights[k]) / len(pairs) if weights else 1.0
+            cases.append(case)
+            log.info("loaded %s %s (annotated: %s)", case_id, case.image_hu.shape, case.annotated or "all")
     return cases
 
 
@@ -52,7 +64,7 @@ def training_cases(data: DataConfig, cfg: TrainConfig, out: Path) -> tuple[list,
     from flare_seg.training.data import make_folds, save_folds, split_fold
     from flare_seg.training.synthetic import TRAIN_STREAM, VAL_STREAM, SyntheticSpec, synthetic_cases
 
-    cases = load_dataset([Path(p) for p in data.data], data.label_map)
+    cases = load_dataset([Path(p) for p in data.data], data.label_map, data.data_weights)
     spec = SyntheticSpec(data.synthetic_shape_zyx, data.synthetic_spacing_mm, data.synthetic_vary,
                          data.synthetic_chest)
     cases += synthetic_cases(data.synthetic, cfg.seed, TRAIN_STREAM, spec)

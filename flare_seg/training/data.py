@@ -49,6 +49,10 @@ class TrainCase:
     image_hu: np.ndarray
     labels: np.ndarray
     spacing_mm: tuple[float, float, float]
+    #: Organ labels this case annotates (``dataset.json``); None = all. Others are unknown.
+    annotated: tuple[int, ...] | None = None
+    #: Relative sampling weight (its dataset's weight / its dataset's size).
+    weight: float = 1.0
 
 
 # ----------------------------------------------------------------------------- discovery and loading
@@ -206,7 +210,7 @@ class _Sampler(abc.ABC):
         (deterministic validation samples).
         """
         rng = np.random.default_rng([self.train.seed, index]) if augment_data else None
-        case_index = int(rng.integers(len(self.cases))) if rng is not None else index % len(self.cases)
+        case_index = self._draw_case(rng) if rng is not None else index % len(self.cases)
         case = self.cases[case_index]
         record = self.base_record(case_index)
         if self.train.train_size_zyx is not None:
@@ -222,7 +226,23 @@ class _Sampler(abc.ABC):
         x = scale_intensity(x, self.intensity)
         if rng is not None:
             x = augment.augment_intensity(rng, x, cfg, self.intensity.clip)
-        return x, self.target(labels)
+        x = self.extra_channels(x, case_index, coords, rng)
+        return x, self.case_target(labels, case_index)
+
+    def _draw_case(self, rng: np.random.Generator) -> int:
+        """A case index: uniform, or by the cases' ``weight`` when they differ (``--data`` mixing)."""
+        weights = np.array([case.weight for case in self.cases], dtype=np.float64)
+        if np.all(weights == weights[0]):
+            return int(rng.integers(len(self.cases)))
+        return int(rng.choice(len(self.cases), p=weights / weights.sum()))
+
+    def extra_channels(self, x: np.ndarray, case_index: int, coords: np.ndarray, rng) -> np.ndarray:
+        """Hook for extra input channels sampled on the same ``coords`` (anatomical attention)."""
+        return x
+
+    def case_target(self, labels: np.ndarray, case_index: int) -> np.ndarray:
+        """Hook for per-case targets (partial annotations); the one-hot target by default."""
+        return self.target(labels)
 
 
 class SegSampler(_Sampler):

@@ -25,9 +25,9 @@ import numpy as np
 
 from flare_seg import __version__
 from flare_seg.atomic import atomic_path, copy_file
-from flare_seg.config import LocalizerConfig, SegmenterConfig, TrainConfig, atomic_write_text, save_config, to_dict
+from flare_seg.config import LocalizerConfig, TrainConfig, atomic_write_text, save_config, to_dict
 from flare_seg.labels import NAMES
-from flare_seg.training.data import LocSampler, SegSampler, TrainCase
+from flare_seg.training.data import TrainCase
 
 log = logging.getLogger(__name__)
 
@@ -69,22 +69,22 @@ class RunPaths:
 
 
 def make_sampler(model_config, train_config: TrainConfig, cases: list[TrainCase]):
-    if isinstance(model_config, LocalizerConfig):
-        return LocSampler(cases, train_config, model_config.preprocess)
-    if isinstance(model_config, SegmenterConfig):
-        return SegSampler(cases, train_config, model_config.preprocess, model_config.num_labels)
-    raise ValueError(f"cannot train a model of config type {type(model_config).__name__}")
+    from flare_seg.training.samplers import make_sampler as sampler_for
+
+    return sampler_for(model_config, train_config, cases)
 
 
 def output_names(model_config) -> tuple[str, ...]:
-    return ("logits",) if isinstance(model_config, LocalizerConfig) else ("prob", "local", "spatial")
+    from flare_seg.training.objectives import output_names as names
+
+    return names(model_config)
 
 
 def compile_model(model, model_config, train_config: TrainConfig):
     """Attach the paper's losses and Adam + EMA (optionally with loss scaling for mixed precision)."""
     import keras
 
-    from flare_seg.training import losses
+    from flare_seg.training import objectives
     from flare_seg.training.ema import AdamEMA
 
     optimizer = AdamEMA(
@@ -94,16 +94,18 @@ def compile_model(model, model_config, train_config: TrainConfig):
     )
     if train_config.mixed_precision:
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    if isinstance(model_config, LocalizerConfig):
-        loss, weights = {"logits": losses.softmax_generalized_dice_loss}, {"logits": 1.0}
-    else:
-        loss, weights = losses.scn_losses(train_config.loss_lambda_local, train_config.loss_lambda_spatial)
+    loss, weights = objectives.model_losses(model_config, train_config)  # the paper's on full labels
     model.compile(optimizer=optimizer, loss=loss, loss_weights=weights, jit_compile=False)
     optimizer.build(model.trainable_variables)
     return model
 
 
 # ----------------------------------------------------------------------------- data pipeline
+
+
+def batch_of(x: np.ndarray) -> np.ndarray:
+    """A batch of one: ``(z, y, x)`` -> ``(1, z, y, x, 1)``; ``(z, y, x, c)`` (extra channels) -> ``(1, ..., c)``."""
+    return x[None, ..., None] if x.ndim == 3 else x[None]
 
 
 def make_dataset(sampler, names: tuple[str, ...], start_step: int, num_steps: int, workers: int):
@@ -125,7 +127,7 @@ def make_dataset(sampler, names: tuple[str, ...], start_step: int, num_steps: in
             self.sample_seconds += time.perf_counter() - t0
             self.samples += 1
             target = y[None]
-            return x[None, ..., None], {name: target for name in names}
+            return batch_of(x), {name: target for name in names}
 
     return _Samples()
 
@@ -230,9 +232,11 @@ def validate(model, sampler, model_config, num_cases: int) -> dict[str, float]:
     scores: dict[str, list[float]] = {}
     for i in range(num_cases):
         x, y = sampler.sample(i, augment_data=False)
-        out = model.predict_on_batch(x[None, ..., None])
+        out = model.predict_on_batch(batch_of(x))
         pred = np.argmax(np.asarray(out[names[0]])[0], axis=-1)
         truth = np.argmax(y, axis=-1)
+        if isinstance(model_config, LocalizerConfig):  # a per-organ localizer: foreground = any organ
+            pred, truth = (pred > 0).astype(int), (truth > 0).astype(int)
         labels = (1,) if isinstance(model_config, LocalizerConfig) else tuple(range(1, y.shape[-1]))
         for label in labels:
             name = "foreground" if isinstance(model_config, LocalizerConfig) else NAMES[label]

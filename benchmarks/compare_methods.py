@@ -1,0 +1,255 @@
+#!/usr/bin/env python3
+"""The seeds' methods side by side (``docs/comparison.md``): SCN, plain U-Net, attention U-Net, SCN +
+anatomical attention; and the partial-label demonstration (seed 001).
+
+Every row trains the *same* data (phantoms from seed stream ``TRAIN_STREAM``), for the same steps,
+with the same seed, crop size and training settings, from a random initialisation; then each is
+run through the whole pipeline (the bundled localizer finds the box, the trained segmenter
+segments it, labels go back on the input grid) on held-out phantoms (seed stream ``VAL_STREAM``)
+and on the shared real CTs (``amos_0018``, manual labels; the slab, TotalSegmentator pseudo
+labels, no kidney), and scored with :mod:`flare_seg.evaluation.metrics` (DSC, NSD at 1 mm,
+precision, recall, far false positives). Parameters and GFLOP are counted at 160x128x160; CPU
+forward time and peak RSS are measured at that size in a fresh process per architecture.
+
+    nice -n 10 python benchmarks/compare_methods.py --out /tmp/compare --steps 150 --doc docs/comparison.md
+    python benchmarks/compare_methods.py --forward scn     # (internal) one forward pass, JSON on stdout
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("compare_methods")
+
+ROWS = {"SCN": {}, "U-Net": {"architecture": "unet"}, "attention U-Net": {"architecture": "attention_unet"},
+        "SCN + anatomical attention": {"anatomical_attention": True}}
+FORWARD_SIZE = (160, 128, 160)
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+CPU = "AMD EPYC (Zen 3, family 25 model 1), AVX2, no AVX-512/BF16/AMX, 2 cores shared"
+
+
+def seg_config(**changes):
+    from flare_seg.config import SegmenterConfig, replace
+
+    return replace(SegmenterConfig(), **changes)
+
+
+def forward(name: str, threads: int | None) -> dict:
+    """One architecture's forward pass at FORWARD_SIZE (compile, then the median of 2 timed passes)."""
+    from flare_seg.models import build_model, count_params
+    from flare_seg.runtime import compiled_predictor, configure_device
+
+    configure_device("cpu", threads=threads)
+    config = seg_config(**ROWS[name])
+    model = build_model(config)
+    predict = compiled_predictor(model)
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (1, *FORWARD_SIZE, config.input_channels)).astype("float32")
+    predict(x)
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        predict(x)
+        times.append(time.perf_counter() - t0)
+    return {"params": count_params(model), "forward_s": float(np.median(times)),
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def train_cases(args):
+    from flare_seg.training.synthetic import TRAIN_STREAM, VAL_STREAM, SyntheticSpec, synthetic_cases
+
+    spec = SyntheticSpec()
+    train = synthetic_cases(args.train, args.seed, TRAIN_STREAM, spec)
+    held = synthetic_cases(args.heldout, args.seed, VAL_STREAM, spec)
+    return train, held
+
+
+def train_config(args):
+    from flare_seg.config import AugmentConfig, TrainConfig
+
+    return TrainConfig(steps=args.steps, learning_rate=args.lr, seed=args.seed, train_size_zyx=tuple(args.crop),
+                       checkpoint_every=args.steps, validate_every=args.steps, augment=AugmentConfig(enabled=False))
+
+
+def train_row(run: Path, config, cases, args, **train_changes) -> Path:
+    from flare_seg.config import replace
+    from flare_seg.training.loop import RunPaths, find_checkpoint, train
+
+    cfg = replace(train_config(args), **train_changes)
+    if find_checkpoint(RunPaths(run)) is not None:
+        log.info("%s: trained already, reused", run)
+        return run
+    t0 = time.perf_counter()
+    train(config, cfg, cases, run, progress=False)
+    (run / "train_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+    return run
+
+
+def segmenter_for(run: Path):
+    from flare_seg.config import LocalizerConfig, SegmenterConfig
+    from flare_seg.predict import Segmenter, default_model_dir, load_model
+
+    return Segmenter(load_model(default_model_dir() / "loc", LocalizerConfig), load_model(run, SegmenterConfig))
+
+
+def score(segmenter, image_hu, labels, geometry) -> dict:
+    from flare_seg.evaluation.metrics import detection_scores, score_case
+
+    pred = segmenter.segment(image_hu, geometry).labels
+    scores = score_case(pred, labels, geometry.spacing_mm, "flare21")
+    for organ, extra in detection_scores(pred, labels, geometry.spacing_mm).items():
+        scores[organ].update(extra)
+    return scores
+
+
+def real_cases() -> list[tuple[str, Path, Path]]:
+    found = [("amos_0018", SHARED / "amos_0018" / "amos_0018_ct_windowed.nii.gz",
+              SHARED / "amos_0018" / "amos_0018_labels_flare.nii.gz"),
+             ("slab", SHARED / "upper_abdomen_slab" / "ct.nii.gz",
+              SHARED / "upper_abdomen_slab" / "labels_flare_pseudo.nii.gz")]
+    return [c for c in found if c[1].exists() and c[2].exists()]
+
+
+def evaluate_row(run: Path, held) -> dict:
+    from flare_seg import io
+    from flare_seg.geometry import Geometry
+
+    segmenter = segmenter_for(run)
+    result = {"phantoms": [score(segmenter, c.image_hu, c.labels, Geometry(c.image_hu.shape, c.spacing_mm))
+                           for c in held]}
+    for name, ct, gt in real_cases():
+        volume = io.read_ct(ct)
+        labels, _, _ = io.read_image(gt)
+        result[name] = [score(segmenter, volume.array, labels.astype(np.uint8), volume.geometry)]
+    return result
+
+
+def mean_over(cases: list[dict], organ: str, key: str) -> float:
+    return float(np.mean([c[organ][key] for c in cases]))
+
+
+ORGANS = ("liver", "kidney", "spleen", "pancreas")
+
+
+def _methods_md(rows: dict, args) -> list[str]:
+    lines = ["| method | params | GFLOP 160x128x160 | CPU forward s | peak RSS GB |",
+             "|---|---:|---:|---:|---:|"]
+    for name, row in rows.items():
+        f = row["forward"]
+        lines.append(f"| {name} | {f['params']:,} | {row['gflop']:.1f} | {f['forward_s']:.2f} | "
+                     f"{f['peak_rss_bytes'] / 1e9:.2f} |")
+    for part in ("phantoms", *[c[0] for c in real_cases()]):
+        n = len(next(iter(rows.values()))["scores"].get(part, []))
+        lines += ["", f"**{part}** ({n} case{'s' if n != 1 else ''}): DSC / NSD (1 mm) / precision / recall per organ "
+                  "(fractions, mean over cases), far false positives (ml more than 20 mm from the organ, summed)",
+                  "", "| method | " + " | ".join(ORGANS) + " | far FP ml |", "|---|" + "---|" * (len(ORGANS) + 1)]
+        for name, row in rows.items():
+            cases = row["scores"][part]
+            cells = [" / ".join(f"{mean_over(cases, o, k):.2f}" for k in ("dsc", "nsd", "precision", "recall"))
+                     for o in ORGANS]
+            far = sum(c[o]["far_fp_ml"] for c in cases for o in ORGANS)
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {far:.1f} |")
+    return lines
+
+
+def _partial_md(rows: dict) -> list[str]:
+    lines = ["| training labels | loss | " + " | ".join(f"{o} DSC" for o in ORGANS) + " | mean |",
+             "|---|---|" + "---:|" * (len(ORGANS) + 1)]
+    for name, row in rows.items():
+        values = [mean_over(row["scores"]["phantoms"], o, "dsc") for o in ORGANS]
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {np.mean(values):.3f} |")
+    return lines
+
+
+def partial_cases(cases):
+    """Four sets, each labelling one organ (case i labels organ i % 4 + 1); the others unknown."""
+    import dataclasses
+
+    return [dataclasses.replace(c, annotated=(i % 4 + 1,)) for i, c in enumerate(cases)]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("compare_runs"))
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--train", type=int, default=8, help="training phantoms")
+    p.add_argument("--heldout", type=int, default=4, help="held-out phantoms")
+    p.add_argument("--crop", type=int, nargs=3, default=(64, 64, 64), metavar=("Z", "Y", "X"))
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--part", choices=("methods", "partial", "all"), default="all")
+    p.add_argument("--doc", type=Path, help="write the markdown tables here")
+    p.add_argument("--forward", choices=tuple(ROWS), help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def run_methods(args, train, held) -> dict:
+    from flare_seg.flops import conv_flops
+    from flare_seg.models import build_model
+
+    rows = {}
+    for name, changes in ROWS.items():
+        run = train_row(args.out / name.replace(" ", "_").replace("+", "plus"), seg_config(**changes), train, args)
+        proc = subprocess.run([sys.executable, __file__, "--forward", name, "--threads", str(args.threads)],
+                              capture_output=True, text=True, check=True)
+        rows[name] = {"forward": json.loads(proc.stdout.strip().splitlines()[-1]),
+                      "gflop": conv_flops(build_model(seg_config(**changes)), FORWARD_SIZE) / 1e9,
+                      "scores": evaluate_row(run, held)}
+        log.info("%s: %s", name, rows[name]["forward"])
+    return rows
+
+
+def run_partial(args, train, held, scn_full: Path) -> dict:
+    parts = partial_cases(train)
+    rows = {"all four organs labelled (= the SCN row)": scn_full,
+            "four sets, one organ each": train_row(args.out / "partial_loss", seg_config(), parts, args),
+            "four sets, one organ each, naive (unlabelled = background)":
+                train_row(args.out / "partial_naive", seg_config(), parts, args, partial_labels=False)}
+    return {name: {"scores": {"phantoms": evaluate_row(run, held)["phantoms"]}} for name, run in rows.items()}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.forward:
+        print(json.dumps(forward(args.forward, args.threads)))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from flare_seg.runtime import configure_training
+
+    configure_training(threads=args.threads, deterministic=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    train, held = train_cases(args)
+    results = {"steps": args.steps, "train_phantoms": args.train, "heldout_phantoms": args.heldout,
+               "crop_zyx": list(args.crop), "lr": args.lr, "seed": args.seed, "cpu": CPU,
+               "machine": platform.machine()}
+    if args.part in ("methods", "all"):
+        results["methods"] = run_methods(args, train, held)
+    if args.part in ("partial", "all"):
+        results["partial"] = run_partial(args, train, held, train_row(args.out / "SCN", seg_config(), train, args))
+    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    lines = []
+    if "methods" in results:
+        lines += ["## Methods", "", *_methods_md(results["methods"], args), ""]
+    if "partial" in results:
+        lines += ["## Partial labels", "", *_partial_md(results["partial"]), ""]
+    text = "\n".join(lines)
+    print(text)
+    if args.doc:
+        from flare_seg.atomic import write_text
+
+        write_text(args.doc, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

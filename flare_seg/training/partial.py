@@ -1,0 +1,238 @@
+"""Training on partially annotated data (seed 001, AttentionAnatomy): annotations, targets, losses.
+
+A data folder may carry ``dataset.json`` saying which organs its label maps annotate::
+
+    {"annotated": ["liver", "spleen"]}                                  # every case of the folder
+    {"annotated": {"case_007": ["kidney"], "*": ["liver", "kidney", "spleen", "pancreas"]}}
+
+Organs a case does not annotate are *unknown*, not background. The target carries that in the
+one-hot map itself: an unknown organ's channel is ``-1`` everywhere (a real target is 0 or 1), so
+the losses see it without any change to the data flow or the Keras loss signature
+``(y_true, y_pred)``. Before a loss, the network's probabilities of unknown organs are merged into
+the background (the seed's prediction re-calibration): the background target of a voxel
+labelled 0 means "background or an unannotated organ", so finding an unannotated organ there
+costs nothing. Dice terms count annotated organs only. With every organ annotated all of this
+reduces to the paper's losses exactly.
+
+Merging: for a softmax (the localizer) the merged background is ``p_bg + sum p_unknown`` (the
+seed's formula); for the SCN's independent sigmoids it is the probability that the voxel is
+background *or* any unknown organ, ``1 - (1 - p_bg) prod (1 - p_unknown)``, computed from the
+logits for the cross-entropy terms.
+
+The hybrid loss of seed 001 (batch Dice + spatially balanced focal loss) is here too; its
+parameters are in :class:`flare_seg.config.TrainConfig`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from keras import ops
+
+from flare_seg.labels import NAMES, ORGANS
+
+log = logging.getLogger(__name__)
+
+DATASET_FILE = "dataset.json"
+UNKNOWN = -1.0
+_SPATIAL = (1, 2, 3)
+_EPS = 1e-6
+
+
+# ----------------------------------------------------------------------------- dataset.json
+
+
+def _organ_labels(names, where: str) -> tuple[int, ...]:
+    by_name = {NAMES[o]: o for o in ORGANS}
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{where}: 'annotated' must list organ names, got {names!r}")
+    unknown = [n for n in names if n.lower() not in by_name]
+    if unknown:
+        raise ValueError(f"{where}: unknown organ name(s) {unknown}; expected some of {sorted(by_name)}")
+    return tuple(sorted({by_name[n.lower()] for n in names}))
+
+
+def read_annotations(folder: str | Path) -> dict[str, tuple[int, ...]] | tuple[int, ...] | None:
+    """A folder's ``dataset.json`` annotations: one tuple of organ labels for the whole folder, a
+    ``{case: labels}`` map (``"*"`` is the default), or None when the folder has no such file."""
+    path = Path(folder) / DATASET_FILE if Path(folder).is_dir() else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        payload = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(payload, dict) or "annotated" not in payload:
+        raise ValueError(f"{path}: needs an object with an 'annotated' list or per-case map")
+    annotated = payload["annotated"]
+    if isinstance(annotated, dict):
+        return {case: _organ_labels(names, f"{path} [{case}]") for case, names in annotated.items()}
+    return _organ_labels(annotated, str(path))
+
+
+def case_annotations(annotations, case_id: str, source) -> tuple[int, ...] | None:
+    """The organs ``case_id`` annotates under ``annotations`` (:func:`read_annotations`); None = all."""
+    if annotations is None or isinstance(annotations, tuple):
+        return None if annotations == tuple(ORGANS) else annotations
+    if case_id in annotations:
+        found = annotations[case_id]
+    elif "*" in annotations:
+        found = annotations["*"]
+    else:
+        raise ValueError(f"{Path(source) / DATASET_FILE}: case {case_id!r} is not in the 'annotated' map "
+                         "and there is no '*' default")
+    return None if found == tuple(ORGANS) else found
+
+
+def keep_annotated(labels: np.ndarray, annotated: tuple[int, ...] | None) -> np.ndarray:
+    """Labels with unannotated organ values set to 0 (their voxels are 'background or unknown')."""
+    if annotated is None:
+        return labels
+    return np.where(np.isin(labels, (0, *annotated)), labels, 0).astype(labels.dtype)
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+def partial_target(labels: np.ndarray, num_labels: int, annotated: tuple[int, ...] | None,
+                   honour: bool = True) -> np.ndarray:
+    """One-hot ``(..., num_labels)`` target; unannotated organs' channels are :data:`UNKNOWN`.
+
+    ``honour=False`` is the naive baseline: unannotated organs are plain background (channel 0).
+    """
+    labels = keep_annotated(labels, annotated)
+    target = (labels[..., None] == np.arange(num_labels)).astype(np.float32)
+    if honour and annotated is not None:
+        for organ in range(1, num_labels):
+            if organ not in annotated:
+                target[..., organ] = UNKNOWN
+    return target
+
+
+# ----------------------------------------------------------------------------- re-calibration
+
+
+def known_channels(y_true):
+    """``(b, labels)``: 1 where the channel is annotated (no :data:`UNKNOWN` value), else 0."""
+    return ops.cast(ops.greater_equal(ops.min(ops.cast(y_true, "float32"), axis=_SPATIAL), 0.0), "float32")
+
+
+def _any_unknown(known):
+    """``(b, 1, 1, 1, 1)`` boolean: the sample has an unknown channel."""
+    return ops.reshape(ops.less(ops.min(known, axis=-1), 0.5), (-1, 1, 1, 1, 1))
+
+
+def recalibrate_softmax(y_true, probs):
+    """Softmax probabilities with unknown organs' mass moved to the background (seed 001, eq. 5).
+
+    Returns ``(target, probs, known)``: unknown channels are 0 in both target and probabilities.
+    """
+    known = known_channels(y_true)
+    k = known[:, None, None, None, :]
+    probs = ops.cast(probs, "float32")
+    unknown_mass = ops.sum(probs * (1.0 - k), axis=-1, keepdims=True)
+    kept = probs * k
+    merged = ops.concatenate([kept[..., :1] + unknown_mass, kept[..., 1:]], axis=-1)
+    return ops.maximum(ops.cast(y_true, "float32"), 0.0), merged, known
+
+
+def recalibrate_independent(y_true, probs):
+    """Independent per-label probabilities (the SCN's) with background := background OR unknown organ."""
+    known = known_channels(y_true)
+    k = known[:, None, None, None, :]
+    probs = ops.cast(probs, "float32")
+    keep = ops.prod(1.0 - probs * (1.0 - k), axis=-1, keepdims=True)
+    background = ops.where(_any_unknown(known), 1.0 - (1.0 - probs[..., :1]) * keep, probs[..., :1])
+    merged = ops.concatenate([background, (probs * k)[..., 1:]], axis=-1)
+    return ops.maximum(ops.cast(y_true, "float32"), 0.0), merged, known
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def masked_generalized_dice(target, probs, known):
+    """Generalized Dice over the annotated channels (``known``), else as
+    :func:`flare_seg.training.losses.generalized_dice_loss` (absent labels get the largest weight)."""
+    volume = ops.sum(target, axis=_SPATIAL)
+    present = ops.logical_and(ops.greater(volume, 0.5), ops.greater(known, 0.5))
+    weights = ops.where(present, 1.0 / ops.square(ops.maximum(volume, 1.0)), 0.0)
+    max_weight = ops.max(weights, axis=-1, keepdims=True)
+    weights = ops.where(present, weights, max_weight) * known
+    numerator = 2.0 * ops.sum(weights * ops.sum(target * probs, axis=_SPATIAL), axis=-1)
+    denominator = ops.sum(weights * ops.sum(target + probs, axis=_SPATIAL), axis=-1)
+    return 1.0 - (numerator + _EPS) / (denominator + _EPS)
+
+
+def batch_dice(target, probs, known):
+    """Batch Dice (seed 001): the batch is one volume; mean Dice over channels annotated anywhere in it.
+
+    Returned once per batch element (the same value), as Keras expects."""
+    intersection = ops.sum(target * probs, axis=(0, 1, 2, 3))
+    total = ops.sum(target + probs, axis=(0, 1, 2, 3))
+    counted = ops.max(known, axis=0)
+    dsc = (2.0 * intersection + _EPS) / (total + _EPS)
+    loss = 1.0 - ops.sum(counted * dsc) / ops.maximum(ops.sum(counted), 1.0)
+    return ops.zeros_like(known[:, 0]) + loss
+
+
+def spatially_balanced_focal(target, probs, known, gamma: float):
+    """Focal loss with each class weighted by its inverse volume (seed 001): the mean over
+    annotated, present classes of ``mean over the class's voxels of -(1 - p)^gamma log p``."""
+    p = ops.clip(probs, 1e-7, 1.0)
+    per_voxel = -target * ops.power(1.0 - p, gamma) * ops.log(p)
+    volume = ops.sum(target, axis=_SPATIAL)
+    counted = ops.cast(ops.greater(volume, 0.5), "float32") * known
+    per_class = ops.sum(per_voxel, axis=_SPATIAL) / ops.maximum(volume, 1.0)
+    return ops.sum(counted * per_class, axis=-1) / ops.maximum(ops.sum(counted, axis=-1), 1.0)
+
+
+def _softplus(x):
+    return ops.relu(x) + ops.log1p(ops.exp(-ops.abs(x)))
+
+
+def partial_sigmoid_cross_entropy(y_true, logits):
+    """Mean binary cross-entropy per label; unknown organs count 0 and the background term uses
+    the merged probability ``1 - (1 - p_bg) prod (1 - p_unknown)``, from the logits:
+    ``-log(1 - p') = S = softplus(x_bg) + sum softplus(x_unknown)``."""
+    known = known_channels(y_true)
+    k = known[:, None, None, None, :]
+    z = ops.maximum(ops.cast(y_true, "float32"), 0.0)
+    x = ops.cast(logits, "float32")
+    per_voxel = (ops.relu(x) - x * z + ops.log1p(ops.exp(-ops.abs(x)))) * k
+    s = _softplus(x[..., :1]) + ops.sum(_softplus(x) * (1.0 - k), axis=-1, keepdims=True)
+    log_p = ops.log(ops.maximum(-ops.expm1(-s), 1e-12))
+    merged = -z[..., :1] * log_p + (1.0 - z[..., :1]) * s
+    background = ops.where(_any_unknown(known), merged, per_voxel[..., :1])
+    per_voxel = ops.concatenate([background, per_voxel[..., 1:]], axis=-1)
+    return ops.mean(per_voxel, axis=(1, 2, 3, 4))
+
+
+def dice_term(recalibrate, loss: str = "paper", dice_weight: float = 1.0, focal_weight: float = 1.0,
+              gamma: float = 2.0):
+    """The Dice-type loss on probabilities, after ``recalibrate``: generalized Dice (``"paper"``)
+    or ``dice_weight`` x batch Dice + ``focal_weight`` x spatially balanced focal (``"hybrid"``)."""
+    if loss == "paper":
+        def partial_generalized_dice(y_true, probs):
+            return masked_generalized_dice(*recalibrate(y_true, probs))
+
+        return partial_generalized_dice
+
+    def hybrid_loss(y_true, probs):
+        target, merged, known = recalibrate(y_true, probs)
+        return dice_weight * batch_dice(target, merged, known) + \
+            focal_weight * spatially_balanced_focal(target, merged, known, gamma)
+
+    return hybrid_loss
+
+
+def softmax_term(loss: str = "paper", **kwargs):
+    """The localizer's loss on logits: softmax, re-calibration, then :func:`dice_term`."""
+    inner = dice_term(recalibrate_softmax, loss, **kwargs)
+
+    def partial_softmax_loss(y_true, logits):
+        return inner(y_true, ops.softmax(ops.cast(logits, "float32"), axis=-1))
+
+    return partial_softmax_loss

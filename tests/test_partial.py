@@ -1,0 +1,206 @@
+"""Partially annotated training (seed 001): dataset.json, targets, re-calibrated losses by hand-worked values."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from keras import ops
+
+from flare_seg.config import LocalizerConfig, SegmenterConfig, TrainConfig
+from flare_seg.geometry import Geometry
+from flare_seg.training import losses, objectives, partial
+from flare_seg.training.data import TrainCase
+
+
+def _np(x):
+    return ops.convert_to_numpy(x)
+
+
+def _logit(p):
+    return np.log(p / (1 - p)).astype("float32")
+
+
+# ----------------------------------------------------------------------------- dataset.json
+
+
+def test_dataset_json_whole_folder_and_per_case(tmp_path):
+    (tmp_path / "dataset.json").write_text(json.dumps({"annotated": ["Liver", "spleen"]}))
+    assert partial.read_annotations(tmp_path) == (1, 3)
+    assert partial.case_annotations((1, 3), "any", tmp_path) == (1, 3)
+    (tmp_path / "dataset.json").write_text(json.dumps(
+        {"annotated": {"a": ["kidney"], "*": ["liver", "kidney", "spleen", "pancreas"]}}))
+    found = partial.read_annotations(tmp_path)
+    assert partial.case_annotations(found, "a", tmp_path) == (2,)
+    assert partial.case_annotations(found, "b", tmp_path) is None  # all four annotated = fully labelled
+    assert partial.read_annotations(tmp_path / "nothing") is None
+
+
+def test_dataset_json_errors_name_the_file(tmp_path):
+    (tmp_path / "dataset.json").write_text(json.dumps({"annotated": ["liver", "lung"]}))
+    with pytest.raises(ValueError, match=r"dataset.json.*lung"):
+        partial.read_annotations(tmp_path)
+    (tmp_path / "dataset.json").write_text(json.dumps({"annotated": {"a": ["liver"]}}))
+    with pytest.raises(ValueError, match=r"dataset.json: case 'b' is not in"):
+        partial.case_annotations(partial.read_annotations(tmp_path), "b", tmp_path)
+    (tmp_path / "dataset.json").write_text("{oops")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        partial.read_annotations(tmp_path)
+
+
+def test_load_dataset_applies_annotations_and_folder_weights(tmp_path):
+    from flare_seg.io import write_image, write_labels
+    from flare_seg.training.cases import load_dataset
+
+    geometry = Geometry((8, 8, 8), (4.0, 4.0, 4.0))
+    labels = np.zeros((8, 8, 8), np.uint8)
+    labels[1:3, 1:3, 1:3], labels[5:7, 5:7, 5:7] = 1, 2
+    folders = []
+    for name, organs, n in (("a", ["liver"], 1), ("b", ["liver", "kidney", "spleen", "pancreas"], 3)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "dataset.json").write_text(json.dumps({"annotated": organs}))
+        for i in range(n):
+            write_image(np.zeros((8, 8, 8), np.int16), geometry, folder / f"{name}{i}_0000.nii.gz")
+            write_labels(labels, geometry, folder / f"{name}{i}.nii.gz")
+        folders.append(folder)
+    cases = load_dataset(folders, None, weights=(1.0, 1.0))
+    assert [c.annotated for c in cases] == [(1,), None, None, None]
+    assert set(np.unique(cases[0].labels)) == {0, 1}  # the unannotated kidney label is gone (unknown)
+    assert set(np.unique(cases[1].labels)) == {0, 1, 2}
+    assert [c.weight for c in cases] == pytest.approx([1.0, 1 / 3, 1 / 3, 1 / 3])
+    with pytest.raises(ValueError, match="1 weight"):
+        load_dataset(folders, None, weights=(1.0,))
+
+
+def test_weighted_sampling_follows_the_weights():
+    from flare_seg.training.data import SegSampler
+
+    cfg = SegmenterConfig()
+    cases = [TrainCase(f"c{i}", np.zeros((4, 4, 4), np.int16), np.zeros((4, 4, 4), np.uint8), (2.0, 2.0, 2.0),
+                       weight=w) for i, w in enumerate((3.0, 1.0))]
+    sampler = SegSampler(cases, TrainConfig(), cfg.preprocess)
+    draws = [sampler._draw_case(np.random.default_rng([0, i])) for i in range(2000)]
+    assert np.mean(np.asarray(draws) == 0) == pytest.approx(0.75, abs=0.03)
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+def test_partial_target_marks_unannotated_organs_unknown():
+    labels = np.array([0, 1, 2, 3], np.uint8)
+    target = partial.partial_target(labels, 5, annotated=(1,))
+    np.testing.assert_array_equal(target[:, 0], [1, 0, 1, 1])  # kidney, spleen voxels: "background or unknown"
+    np.testing.assert_array_equal(target[:, 1], [0, 1, 0, 0])
+    np.testing.assert_array_equal(target[:, 2:], -1)
+    naive = partial.partial_target(labels, 5, annotated=(1,), honour=False)
+    np.testing.assert_array_equal(naive[:, 2:], 0)
+    np.testing.assert_array_equal(partial.partial_target(labels, 5, None), np.eye(5, dtype="float32")[labels])
+
+
+# ----------------------------------------------------------------------------- hand-worked losses
+
+
+def _four_voxels():
+    """Labels bg, liver, kidney over 4 voxels: liver at 0, 1; voxel 3 is a kidney nobody labelled."""
+    y = np.zeros((1, 1, 1, 4, 3), "float32")
+    y[..., :2, 1] = 1
+    y[..., 2:, 0] = 1
+    p = np.zeros_like(y)
+    p[..., 0, 1] = 1   # liver found on voxel 0
+    p[..., 1:3, 0] = 1  # background on voxels 1, 2
+    p[..., 3, 2] = 1   # the network finds the unlabelled kidney on voxel 3
+    return y, p
+
+
+def test_softmax_recalibration_hand_worked_generalized_dice():
+    y, p = _four_voxels()
+    y_partial = y.copy()
+    y_partial[..., 2] = partial.UNKNOWN
+    loss = partial.dice_term(partial.recalibrate_softmax)
+    # kidney's probability joins the background: bg' = [0, 1, 1, 1]; volumes bg 2, liver 2 -> weights 1/4;
+    # intersections bg 2 (voxels 2, 3), liver 1; sums bg 2 + 3, liver 2 + 1
+    expected = 1 - 2 * (0.25 * 2 + 0.25 * 1) / (0.25 * 5 + 0.25 * 3)
+    np.testing.assert_allclose(_np(loss(y_partial, p)), [expected], rtol=1e-6)
+    assert expected == pytest.approx(0.25)
+    # treated as background, the same prediction costs 0.5: bg intersection 1 of 2 + 2, the absent kidney
+    # (largest weight 1/4) adds its predicted voxel to the denominator
+    np.testing.assert_allclose(_np(losses.generalized_dice_loss(y, p)), [1 - 2 * 0.5 / (0.25 * 8)], rtol=1e-6)
+
+
+def test_an_unannotated_organ_found_by_the_network_adds_nothing_to_the_softmax_loss():
+    y, p = _four_voxels()
+    y[..., 2] = partial.UNKNOWN
+    said_background = p.copy()
+    said_background[..., 3, :] = [1, 0, 0]
+    for kind in ("paper", "hybrid"):
+        loss = partial.dice_term(partial.recalibrate_softmax, kind)
+        np.testing.assert_array_equal(_np(loss(y, p)), _np(loss(y, said_background)))
+
+
+def test_sigmoid_cross_entropy_merges_unknown_into_background_hand_worked():
+    y = np.zeros((1, 1, 1, 1, 2), "float32")
+    y[..., 0], y[..., 1] = 1, partial.UNKNOWN  # labelled background, liver unknown
+    logits = np.zeros((1, 1, 1, 1, 2), "float32")  # p_bg = p_liver = 0.5
+    # merged background 1 - 0.5 * 0.5 = 0.75; liver channel counts 0; mean over the 2 channels
+    np.testing.assert_allclose(_np(partial.partial_sigmoid_cross_entropy(y, logits)), [-np.log(0.75) / 2],
+                               rtol=1e-6)
+
+
+def test_an_unannotated_organ_found_by_the_network_adds_nothing_to_the_scn_loss():
+    """SCN losses (prob, local, spatial): the network calls an unlabelled kidney 'kidney' or 'background'."""
+    y = np.zeros((1, 1, 2, 2, 5), "float32")
+    y[..., 0] = 1
+    y[0, 0, 0, 0] = [0, 1, 0, 0, 0]  # one liver voxel; the rest background
+    y[..., 2] = partial.UNKNOWN       # kidney not annotated
+    found = np.full((1, 1, 2, 2, 5), 0.02, "float32")
+    found[0, 0, 0, 0] = [0.02, 0.97, 0.02, 0.02, 0.02]
+    found[0, 0, 0, 1] = [0.97, 0.02, 0.02, 0.02, 0.02]
+    found[0, 0, 1, :] = [0.02, 0.02, 0.97, 0.02, 0.02]  # the kidney nobody labelled, found
+    background = found.copy()
+    background[0, 0, 1, :, 0], background[0, 0, 1, :, 2] = 0.97, 0.02  # ... or called background
+    loss_fns, weights = objectives.model_losses(SegmenterConfig(), TrainConfig())
+    assert set(loss_fns) == {"prob", "local", "spatial"}
+
+    def total(p):
+        return sum(weights[k] * float(_np(fn(y, _logit(p) if k != "prob" else p))[0]) for k, fn in loss_fns.items())
+
+    assert total(found) == pytest.approx(total(background), rel=1e-6)
+    naive = y.copy()
+    naive[..., 2] = 0
+    assert float(_np(losses.sigmoid_cross_entropy(naive, _logit(found)))[0]) > \
+        float(_np(losses.sigmoid_cross_entropy(naive, _logit(background)))[0])  # the naive loss punishes finding it
+
+
+def test_batch_dice_and_spatially_balanced_focal_hand_worked():
+    # two samples, one channel over 2 voxels: y1 = [1, 0], p1 = [1, 0]; y2 = [0, 0], p2 = [1, 0]
+    y = np.zeros((2, 1, 1, 2, 1), "float32")
+    p = np.zeros_like(y)
+    y[0, 0, 0, 0, 0] = p[0, 0, 0, 0, 0] = p[1, 0, 0, 0, 0] = 1
+    known = np.ones((2, 1), "float32")
+    # the batch is one volume: intersection 1, sums 1 + 2 -> Dice 2/3 for both samples
+    np.testing.assert_allclose(_np(partial.batch_dice(y, p, known)), [1 / 3, 1 / 3], rtol=1e-5)
+    # focal: class A has 1 voxel at p = 0.5, class B 3 voxels at p = 1; each class weighted by 1/volume
+    y = np.zeros((1, 1, 1, 4, 2), "float32")
+    y[..., 0, 0], y[..., 1:, 1] = 1, 1
+    p = y.copy()
+    p[..., 0, 0] = p[..., 0, 1] = 0.5
+    np.testing.assert_allclose(_np(partial.spatially_balanced_focal(y, p, np.ones((1, 2), "float32"), 2.0)),
+                               [(0.25 * np.log(2) + 0) / 2], rtol=1e-5)
+
+
+def test_partial_losses_equal_the_papers_on_fully_annotated_data():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, (2, 4, 4, 4))
+    y = np.eye(5, dtype="float32")[labels]
+    logits = rng.normal(size=y.shape).astype("float32")
+    probs = 1 / (1 + np.exp(-logits))
+    gd = partial.dice_term(partial.recalibrate_independent)
+    np.testing.assert_allclose(_np(gd(y, probs)), _np(losses.generalized_dice_loss(y, probs)), rtol=1e-6)
+    np.testing.assert_allclose(_np(partial.partial_sigmoid_cross_entropy(y, logits)),
+                               _np(losses.sigmoid_cross_entropy(y, logits)), rtol=1e-6)
+    loc, _ = objectives.model_losses(LocalizerConfig(), TrainConfig())
+    y2 = np.eye(2, dtype="float32")[(labels > 0).astype(int)]
+    np.testing.assert_allclose(_np(loc["logits"](y2, logits[..., :2])),
+                               _np(losses.softmax_generalized_dice_loss(y2, logits[..., :2])), rtol=1e-6)
