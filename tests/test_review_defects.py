@@ -148,3 +148,17 @@ def test_failed_weights_copy_leaves_no_stray_temporary(tmp_path, monkeypatch):  
     with pytest.raises(OSError, match="No space"):
         atomic.copy_file(tmp_path / "model.weights.h5", tmp_path / "best.weights.h5")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.weights.h5"]
+
+
+@pytest.mark.parametrize("module", ["evaluate", "benchmark_run"])
+def test_evaluation_csv_writers_are_atomic(tmp_path, module):  # D19
+    import importlib
+
+    writer = importlib.import_module(f"flare_seg.evaluation.{module}")
+    target = tmp_path / "scores.csv"
+    target.write_text("previous complete table\n")
+    good = dict.fromkeys(writer.CSV_COLUMNS, 1)
+    with pytest.raises((AttributeError, KeyError)):
+        writer.write_csv([good, object() if module == "evaluate" else {"case": "no other columns"}], target)
+    assert target.read_text() == "previous complete table\n"  # not a half-written table
+    assert [p.name for p in tmp_path.iterdir()] == ["scores.csv"]
