@@ -100,6 +100,7 @@ def test_mean_validation_dsc_of_zero_is_a_score_not_missing():  # D4, the scorin
     assert mean_validation_dsc({"step": 2, "loss": 1.0}) is None
 
 
+@pytest.mark.slow
 def test_best_weights_follow_validations_that_are_not_checkpoint_steps(tmp_path):  # D4
     from test_train import blob_case, seg_setup
 
@@ -119,6 +120,7 @@ def test_best_weights_follow_validations_that_are_not_checkpoint_steps(tmp_path)
     assert (tmp_path / "run" / "best.weights.h5").exists()
 
 
+@pytest.mark.slow
 def test_seed_state_count_mismatch_is_a_clear_error(tmp_path):  # D14
     from test_train import blob_case, seg_setup
 
