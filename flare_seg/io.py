@@ -33,11 +33,11 @@ import SimpleITK as sitk
 
 from flare_seg.atomic import atomic_path
 from flare_seg.geometry import Geometry
+from flare_seg.naming import IMAGE_SUFFIXES, case_name, image_suffix  # noqa: F401 (public here too)
 from flare_seg.preprocess import clamp_padding
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: The FLARE21 mean spacing (x, y, z) the paper's code substitutes for fake 1 x 1 x 1 mm headers.
 FLARE_MEAN_SPACING_XYZ = (0.8145, 0.8145, 2.528)
 PAD_HU = -1024.0
@@ -54,27 +54,10 @@ class Volume:
     warnings: list[str] = field(default_factory=list)
 
 
-def image_suffix(path: str | os.PathLike) -> str:
-    """The image suffix of ``path`` (``.nii.gz`` counts as one), or '' if it is not an image name."""
-    name = Path(path).name.lower()
-    return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), "")
-
-
 def is_dicom_folder(path: str | os.PathLike) -> bool:
     """True if ``path`` is a folder holding at least one DICOM series."""
     path = Path(path)
     return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
-
-
-def case_name(path: str | os.PathLike) -> str:
-    """Case name of an input: ``<case>_0000.nii.gz`` -> ``<case>``, ``<name>.<ext>`` -> ``<name>``,
-    a DICOM folder -> its folder name."""
-    path = Path(path)
-    suffix = image_suffix(path)
-    if not suffix:
-        return path.name
-    stem = path.name[: -len(suffix)]
-    return stem[:-5] if stem.endswith("_0000") else stem
 
 
 def _geometry_of(image: sitk.Image) -> Geometry:

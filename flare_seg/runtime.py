@@ -15,8 +15,9 @@ GPU memory modes (``memory``):
 * an integer: a hard limit in MB (TensorFlow logical device ``memory_limit``; JAX
   ``XLA_PYTHON_CLIENT_MEM_FRACTION``; PyTorch ``set_per_process_memory_fraction``).
 
-The TensorFlow GPU paths have not yet been verified on a GPU (the GPU machine reachable from this
-project has no TensorFlow); the JAX and PyTorch ones were used there (``docs/benchmarks.md``).
+None of the GPU paths here has been exercised on a GPU by this project's tests: they run on CPU-only
+machines, where each function's CPU fallback is what is tested. Treat the GPU branches as unverified
+until ``docs/benchmarks.md`` records a GPU run.
 """
 
 from __future__ import annotations
@@ -218,11 +219,30 @@ def allocator_peak_bytes(reset: bool = False) -> int | None:
             if reset:
                 torch.cuda.reset_peak_memory_stats()
             return peak
-        import jax
-
-        gpus = [d for d in jax.devices() if d.platform == "gpu"]
-        stats = gpus[0].memory_stats() if gpus else None
-        return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+        return _jax_peak_bytes(reset)
     except (RuntimeError, ValueError, KeyError, ImportError) as err:
         log.debug("allocator peak unavailable: %s", err)
         return None
+
+
+#: JAX's allocator keeps one process-wide peak and cannot reset it: the value it had at our last
+#: "reset". A peak since then is known only when the allocator's peak rose above it.
+_jax_peak_at_reset: dict[str, int] = {}
+
+
+def _jax_peak_bytes(reset: bool) -> int | None:
+    """The JAX GPU allocator's peak since the last ``reset`` (None when unknown or on the CPU)."""
+    import jax
+
+    gpus = [d for d in jax.devices() if d.platform == "gpu"]
+    stats = gpus[0].memory_stats() if gpus else None
+    if not stats or "peak_bytes_in_use" not in stats:
+        return None
+    peak = int(stats["peak_bytes_in_use"])
+    key = str(gpus[0])
+    baseline = _jax_peak_at_reset.get(key)
+    if reset:
+        _jax_peak_at_reset[key] = peak
+    if baseline is None or peak > baseline:
+        return peak
+    return None  # the process-wide peak predates the reset: this interval's own peak is not known

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flare_seg import atomic
 from flare_seg.cli.args import int_triple, triple
 
 log = logging.getLogger("evaluate_weights")
@@ -412,9 +413,9 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         log.error("%s", err)
         return 1
-    (args.out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
+    atomic.write_text(args.out / "results.json", json.dumps(results, indent=2, default=_json_default) + "\n")
     markdown = results_markdown(results)
-    (args.out / "results.md").write_text(markdown + "\n")
+    atomic.write_text(args.out / "results.md", markdown + "\n")
     print(markdown)
     log.info("wrote %s and %s", args.out / "results.json", args.out / "results.md")
     return 0

@@ -7,7 +7,6 @@ The weights are re-saved from a freshly built, uncompiled network, so the file h
 variables only (no optimizer state), and its sha256 is written beside it.
 """
 import argparse
-import shutil
 from pathlib import Path
 
 
@@ -17,6 +16,7 @@ def main() -> None:
     parser.add_argument("target", type=Path, help="model folder to write (e.g. weights/seg)")
     parser.add_argument("--weights", default="model.weights.h5", help="weights file of the run (default: last EMA)")
     args = parser.parse_args()
+    from flare_seg import atomic
     from flare_seg.config import load_config
     from flare_seg.models import build_model
     from flare_seg.predict import sha256_of
@@ -25,10 +25,11 @@ def main() -> None:
     model = build_model(config)
     model.load_weights(args.run / args.weights)
     args.target.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(args.run / "config.json", args.target / "config.json")
-    model.save_weights(args.target / "model.weights.h5")
+    atomic.copy_file(args.run / "config.json", args.target / "config.json")
+    with atomic.atomic_path(args.target / "model.weights.h5") as tmp:
+        model.save_weights(tmp)
     digest = sha256_of(args.target / "model.weights.h5")
-    (args.target / "model.weights.h5.sha256").write_text(f"{digest}  model.weights.h5\n")
+    atomic.write_text(args.target / "model.weights.h5.sha256", f"{digest}  model.weights.h5\n")
     print(f"{args.target}: {model.count_params()} parameters, sha256 {digest}")
 
 

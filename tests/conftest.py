@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny model configurations and weights, the shared real data folder."""
+"""Shared fixtures: tiny model configurations and weights, the real test data (bundled or shared)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,19 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+#: Real data shipped with the tests (cropped where large; sources and licences in its README.md).
+BUNDLED_DATA = Path(__file__).resolve().parent / "data"
+#: The project's shared data folder, used only for what is not bundled.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def shared_file(relative: str) -> Path:
-    """A file of ``../shared/data``, or skip the test with the reason when it is absent."""
-    path = SHARED_DATA / relative
-    if not path.exists():
-        pytest.skip(f"shared test data not available: {path}")
-    return path
+    """A real-data file: from ``tests/data`` (bundled), else ``../shared/data``, else skip with the reason."""
+    for root in (BUNDLED_DATA, SHARED_DATA):
+        path = root / relative
+        if path.exists():
+            return path
+    pytest.skip(f"real test data not available: {relative} is neither in {BUNDLED_DATA} nor in {SHARED_DATA}")
 
 
 def tiny_configs():

@@ -37,6 +37,7 @@ def test_bundled_weights_are_found_and_checked(bundled):
     assert (folder / "MODEL_CARD.md").exists()
 
 
+@pytest.mark.slow
 def test_bundled_weights_segment_the_real_slab(bundled):
     volume = io.read_ct(ROOT / "examples" / "upper_abdomen_slab_0000.nii.gz")
     result = bundled.segment(volume.array, volume.geometry)
@@ -48,6 +49,7 @@ def test_bundled_weights_segment_the_real_slab(bundled):
     assert liver[:, 2].mean() < volume.array.shape[2] / 2  # patient's right = low x in this LPS image
 
 
+@pytest.mark.slow
 def test_bundled_weights_find_little_above_the_diaphragm(bundled):
     volume = io.read_ct(shared_file("chest_out_of_domain/chest_above_diaphragm.nii.gz"))
     result = bundled.segment(volume.array, volume.geometry)

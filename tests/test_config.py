@@ -1,6 +1,7 @@
 """Configuration dataclasses: JSON round trip, validation, atomic writing."""
 
 import json
+import os
 
 import pytest
 
@@ -13,7 +14,10 @@ def test_json_round_trip(tmp_path, config):
     assert load_config(tmp_path / "c.json") == config
     payload = json.loads((tmp_path / "c.json").read_text())
     assert payload["flare_seg_version"] and payload["kind"] in ("localizer", "segmenter", "train")
-    assert oct((tmp_path / "c.json").stat().st_mode & 0o777) != oct(0o600)
+    # a new file gets the umask's permissions (not mkstemp's 0600), whatever the umask is
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "c.json").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_paper_defaults():

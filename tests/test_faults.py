@@ -216,6 +216,7 @@ def test_segment_without_a_segmenter_loads_the_models_once(tiny_model_dir, monke
 # ----------------------------------------------------------------------------- no retracing warning
 
 
+@pytest.mark.slow
 def test_folder_of_different_sizes_prints_no_retracing_warning(tmp_path, tiny_model_dir, capfd):
     shapes = [(24, 48, 48), (32, 64, 64), (40, 56, 72), (28, 80, 60), (36, 64, 48), (32, 72, 72)]
     _write_cases(tmp_path / "in", len(shapes), shapes)

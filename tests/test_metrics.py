@@ -130,7 +130,11 @@ def test_score_case_rejects_bad_input():
     with pytest.raises(ValueError, match="spacing_mm"):
         metrics.normalized_surface_dice(labels == 0, labels == 0, (1.0, 0.0, 1.0), 1.0)
     assert metrics.dice_per_label(labels, labels) == {"liver": 1.0, "kidney": 1.0, "spleen": 1.0, "pancreas": 1.0}
-    assert (KIDNEY, PANCREAS) == (2, 4)
+    organs = np.zeros((4, 4, 4), np.uint8)
+    organs[0], organs[1], organs[2], organs[3] = LIVER, KIDNEY, SPLEEN, PANCREAS
+    kidney_called_spleen = np.where(organs == KIDNEY, SPLEEN, organs).astype(np.uint8)
+    assert metrics.dice_per_label(kidney_called_spleen, organs) == {  # each score lands on its organ's name
+        "liver": 1.0, "kidney": 0.0, "spleen": pytest.approx(2 * 16 / (32 + 16)), "pancreas": 1.0}
 
 
 def test_surfel_area_table_equals_deepmind_for_all_codes(deepmind):

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BUNDLED_DATA, SHARED_DATA
 from scipy import ndimage as ndi
 
 from flare_seg import labels as flare_labels
 from flare_seg.synth import phantom
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-AMOS_MAP = DATA / "amos_label_map" / "amos_0013_label_original.nii.gz"
+_AMOS = Path("amos_label_map") / "amos_0013_label_original.nii.gz"
+AMOS_MAP = next((root / _AMOS for root in (BUNDLED_DATA, SHARED_DATA) if (root / _AMOS).exists()), SHARED_DATA / _AMOS)
 REPO = Path(__file__).resolve().parents[1]
 
 SHAPE, SPACING = (48, 64, 64), (6.0, 6.0, 6.0)  # 288 x 384 x 384 mm: the whole abdomen

@@ -71,6 +71,7 @@ def test_ema_decay_warm_up():
     assert float(AdamEMA(ema_momentum=0.99, ema_warmup=False).ema_decay()) == pytest.approx(0.99)
 
 
+@pytest.mark.slow
 def test_resume_gives_identical_weights_and_the_saved_file_holds_ema(tmp_path, blobs):
     seg, train = seg_setup()
     training.train(seg, train, blobs[:3], tmp_path / "straight", val_cases=blobs[3:], progress=False)
@@ -106,6 +107,7 @@ def test_existing_checkpoint_needs_resume(tmp_path, blobs):
         training.train(seg, train, blobs[:1], tmp_path / "fresh", resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_a_tiny_scn_learns(tmp_path, blobs):
     from flare_seg.config import NetworkConfig
 
@@ -124,6 +126,7 @@ def test_a_tiny_scn_learns(tmp_path, blobs):
     assert float(last["loss"]) < float(first["loss"])
 
 
+@pytest.mark.slow
 def test_localizer_trains_and_validates(tmp_path, blobs):
     loc, _ = tiny_configs()
     train = TrainConfig(steps=4, checkpoint_every=2, validate_every=2, augment=AugmentConfig(enabled=True))
@@ -190,6 +193,7 @@ def test_folds_are_seeded_disjoint_and_complete():
     assert {c.case_id for c in val_cases} == set(folds["folds"][1]) and len(train_cases) + len(val_cases) == 10
 
 
+@pytest.mark.slow
 def test_training_cli_on_phantoms_writes_every_output(tmp_path, monkeypatch):
     from flare_seg.cli.main import main as cli
     from flare_seg.config import save_config
@@ -205,7 +209,10 @@ def test_training_cli_on_phantoms_writes_every_output(tmp_path, monkeypatch):
     for name in ("config.json", "train_config.json", "model.weights.h5", "train_log.csv", "curves.png", "carbon.json"):
         assert (run / name).exists(), name
     carbon = json.loads((run / "carbon.json").read_text())
-    assert carbon["energy_source"] in ("rapl", "tdp_estimate")
+    from flare_seg.training import carbon as carbon_module
+
+    # measured only where this machine exposes RAPL; otherwise labelled an estimate, never "rapl"
+    assert carbon["energy_source"] == ("rapl" if carbon_module.RAPL_PATH.exists() else "tdp_estimate")
     assert carbon["energy_kwh"] is None or carbon["energy_kwh"] >= 0
     assert json.loads((run / "data.json").read_text())["synthetic_shape"] == [24, 48, 48]
     # resume extends the same run with its saved settings and data; other data flags are refused

@@ -6,8 +6,8 @@ import argparse
 import contextlib
 import json
 import tempfile
-from pathlib import Path
 
+from flare_seg import atomic
 from flare_seg.evaluation.benchmark_run import format_table, plot_memory, run_benchmark, summarize_runs, write_csv
 
 
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     document = {"command": args.cmd, "inputs": str(args.inputs), "output_dir": args.output_dir,
                 "interval_s": args.interval, "summary": summarize_runs(records), "cases": records}
     if args.json:
-        Path(args.json).write_text(json.dumps(document) + "\n")  # compact: it holds the time series
+        atomic.write_text(args.json, json.dumps(document) + "\n")  # compact: it holds the time series
     if args.csv:
         write_csv(records, args.csv)
     if args.plot:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
+from flare_seg import atomic
 from flare_seg.evaluation.evaluate import (
     evaluate_folder,
     format_detection_table,
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if args.csv:
         write_csv(rows, args.csv)
     if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
+        atomic.write_text(args.summary_json, json.dumps(document, indent=2, allow_nan=False) + "\n")
     if args.plot:
         plot_boxplots(rows, args.plot)
     cases = document["cases"]

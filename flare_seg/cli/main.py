@@ -3,7 +3,8 @@
 Subcommands live in the modules that implement them, each exposing ``add_arguments(parser)``
 and ``run(args) -> int``; those modules keep their heavy imports (TensorFlow, SimpleITK,
 matplotlib) inside functions so ``flare-seg --help`` and every subcommand start fast.
-This is the only module that prints for people (besides logging).
+Only the CLI modules (``flare_seg/cli/``) print for people, e.g. the predict summary table;
+library code logs.
 """
 
 from __future__ import annotations

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from flare_seg.atomic import atomic_path
+
 log = logging.getLogger(__name__)
 
 PLACEHOLDERS = ("{input}", "{output}", "{case}")
@@ -207,7 +209,7 @@ def summarize_runs(records: list[dict]) -> dict:
 
 
 def write_csv(records: list[dict], path: str | Path) -> None:
-    with Path(path).open("w", newline="") as handle:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for record in records:
@@ -235,7 +237,8 @@ def plot_memory(records: list[dict], path: str | Path) -> None:
         panels[0].legend(fontsize="small")
     for axes in panels:
         axes.grid(alpha=0.3)
-    figure.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=110, format="png")
 
 
 def format_table(records: list[dict]) -> str:

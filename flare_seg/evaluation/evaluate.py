@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flare_seg.atomic import atomic_path
 from flare_seg.labels import NAMES, ORGANS
 
 log = logging.getLogger(__name__)
@@ -284,7 +285,7 @@ def format_detection_table(table: list[tuple[str, dict]], organs: tuple[str, ...
 def write_csv(rows: list[dict], path: str | Path) -> None:
     """One line per case and organ: case, organ, dsc, nsd, tolerance_mm, status, message."""
     path = Path(path)
-    with path.open("w", newline="") as handle:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         for row in rows:
@@ -307,7 +308,8 @@ def plot_boxplots(rows: list[dict], path: str | Path) -> None:
         axes.set_ylabel("percent")
         axes.set_ylim(-2, 102)
         axes.grid(axis="y", alpha=0.3)
-    figure.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=120, format="png")
 
 
 def summary_document(rows: list[dict], protocol, folds: list[list[str]] | None = None) -> dict:

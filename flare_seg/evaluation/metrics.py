@@ -5,9 +5,10 @@ scores 1; absent from the ground truth but predicted scores 0; present in the gr
 not predicted scores 0. They hold for DSC and NSD alike.
 
 NSD (normalized surface Dice) follows DeepMind's ``surface-distance`` package exactly (same
-surfels, areas and distance transform), written here in NumPy/SciPy so it runs without
-TensorFlow; ``tests/test_metrics.py`` compares the two. All spacings are per array axis, in the
-arrays' axis order, which is ``(z, y, x)`` throughout this project.
+surfels, areas and distance transform), re-implemented here because that package (0.1, the only
+release) uses ``np.Inf``, which NumPy 2 removed, so it cannot be imported at run time;
+``tests/test_metrics.py`` compares the two (with ``np.Inf`` restored for the test). All spacings
+are per array axis, in the arrays' axis order, which is ``(z, y, x)`` throughout this project.
 """
 
 from __future__ import annotations

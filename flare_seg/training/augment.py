@@ -69,8 +69,9 @@ def _bspline_basis(n_out: int, n_control: int) -> np.ndarray:
     """``(n_out, n_control)`` matrix of 1-D cubic B-spline interpolation (zoom of unit impulses)."""
     eye = np.eye(n_control)
     basis = np.stack([ndimage.zoom(e, n_out / n_control, order=3, mode="nearest", grid_mode=True) for e in eye], 1)
-    basis.setflags(write=False)
-    return basis.astype(np.float32)
+    basis = basis.astype(np.float32)
+    basis.setflags(write=False)  # cached and shared by every caller: must stay read-only
+    return basis
 
 
 def _dense_displacement(control: np.ndarray, shape) -> np.ndarray:

@@ -24,6 +24,7 @@ import numpy as np
 from flare_seg import labels as flare_labels
 from flare_seg.config import LocPreprocessConfig, SegPreprocessConfig, TrainConfig, atomic_write_text
 from flare_seg.geometry import Geometry, to_canonical
+from flare_seg.naming import case_name
 from flare_seg.preprocess import (
     GridRecord,
     bounding_box,
@@ -89,13 +90,16 @@ def _pairs_from_json(path: Path) -> list[tuple[str, Path, Path]]:
         entries = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a JSON list of image/label pairs, got {type(entries).__name__}")
     pairs = []
-    for entry in entries:
-        image, label = (entry["image"], entry["label"]) if isinstance(entry, dict) else entry
+    for i, entry in enumerate(entries):
+        try:
+            image, label = (entry["image"], entry["label"]) if isinstance(entry, dict) else entry
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: entry {i} is not {{'image': ..., 'label': ...}} or [image, label]") from None
         image, label = (p if Path(p).is_absolute() else path.parent / p for p in (image, label))
-        name = Path(image).name
-        case = name.split(".")[0].removesuffix("_0000")
-        pairs.append((case, Path(image), Path(label)))
+        pairs.append((case_name(image), Path(image), Path(label)))  # the rule inference names outputs by
     return pairs
 
 

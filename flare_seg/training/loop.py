@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from flare_seg import __version__
-from flare_seg.atomic import atomic_path, copy_file
+from flare_seg.atomic import atomic_path, copy_file, remove_stale_temporaries
 from flare_seg.config import LocalizerConfig, TrainConfig, atomic_write_text, save_config, to_dict
 from flare_seg.labels import NAMES
 from flare_seg.training.data import TrainCase
@@ -117,6 +118,7 @@ def make_dataset(sampler, names: tuple[str, ...], start_step: int, num_steps: in
             super().__init__(workers=max(1, workers), use_multiprocessing=False, max_queue_size=4)
             self.sample_seconds = 0.0
             self.samples = 0
+            self._lock = threading.Lock()  # worker threads update the counters concurrently
 
         def __len__(self):
             return num_steps
@@ -124,8 +126,9 @@ def make_dataset(sampler, names: tuple[str, ...], start_step: int, num_steps: in
         def __getitem__(self, index):
             t0 = time.perf_counter()
             x, y = sampler.sample(start_step + int(index))
-            self.sample_seconds += time.perf_counter() - t0
-            self.samples += 1
+            with self._lock:
+                self.sample_seconds += time.perf_counter() - t0
+                self.samples += 1
             target = y[None]
             return batch_of(x), {name: target for name in names}
 
@@ -215,8 +218,12 @@ def load_checkpoint(paths: RunPaths, model) -> int:
                          f"{len(model.optimizer.variables)} (different model or optimizer settings?)")
     for var, value in zip(model.optimizer.variables, values, strict=True):
         var.assign(value)
+    seeds = _seed_variables(model)
     with np.load(folder / "seeds.npz") as saved:
-        for var, key in zip(_seed_variables(model), sorted(saved.files, key=lambda k: int(k[4:])), strict=True):
+        if len(saved.files) != len(seeds):
+            raise ValueError(f"{folder}: holds {len(saved.files)} dropout seed states, the model has {len(seeds)} "
+                             "(different model config?)")
+        for var, key in zip(seeds, sorted(saved.files, key=lambda k: int(k[4:])), strict=True):
             var.assign(saved[key])
     return int(json.loads((folder / "state.json").read_text())["step"])
 
@@ -341,16 +348,18 @@ def _callbacks(run, paths, model_config, train_config, val_sampler, num_val, dat
                 self._log_row(step)
             if step % train_config.checkpoint_every == 0 or step == train_config.steps:
                 save_checkpoint(paths, self.model, step, writer)
-                self._keep_best(rows[-1])
                 write_log(paths.log_csv, rows)
                 plot_curves(rows, paths.curves)
 
         def _keep_best(self, row):
-            """Copy the EMA weights to best.weights.h5 when the mean validation DSC is the best so far."""
+            """With the EMA weights swapped in: write them to best.weights.h5 when this validation's mean
+            DSC is the best so far (at every validation, checkpoint step or not; a mean of 0 counts)."""
             score = mean_validation_dsc(row)
-            if score is None or any((mean_validation_dsc(r) or -1.0) > score for r in rows[:-1]):
+            earlier = [mean_validation_dsc(r) for r in rows if int(r["step"]) != int(row["step"])]
+            if score is None or any(s is not None and s > score for s in earlier):
                 return
-            copy_file(paths.weights, paths.best)
+            with atomic_path(paths.best) as tmp:
+                writer.save(self.model, tmp)
             atomic_write_text(paths.root / "best.json", json.dumps({"step": int(row["step"]), "mean_val_dsc": score}))
 
         def _log_row(self, step):
@@ -364,6 +373,7 @@ def _callbacks(run, paths, model_config, train_config, val_sampler, num_val, dat
                 swap_ema_weights(model, model.optimizer)
                 try:
                     row.update(validate(model, val_sampler, model_config, num_val))
+                    self._keep_best(row)
                 finally:
                     swap_ema_weights(model, model.optimizer)
                 log.info("step %d: %s", step, ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "step"))
@@ -414,6 +424,8 @@ def train(
 
     paths = RunPaths(Path(run_dir))
     paths.root.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_temporaries(paths.root):  # of a run killed mid-write
+        log.info("removed %s, left by a killed run", stale)
     if resume and find_checkpoint(paths) is None:
         raise FileNotFoundError(f"{paths.root}: --resume given but no checkpoint found")
     if not resume and find_checkpoint(paths) is not None:
@@ -450,7 +462,8 @@ def train(
         run.close()
     elapsed = time.perf_counter() - t0
     # fit() has copied the EMA weights into the model: this file holds the EMA weights.
-    writer.save(model, paths.weights)
+    with atomic_path(paths.weights) as tmp:
+        writer.save(model, tmp)
     write_log(paths.log_csv, rows)
     if rows:
         plot_curves(rows, paths.curves)
