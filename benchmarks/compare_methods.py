@@ -207,6 +207,8 @@ def parse_args(argv=None):
     p.add_argument("--part", choices=("methods", "partial", "all"), default="all")
     p.add_argument("--doc", type=Path, help="write the markdown tables here")
     p.add_argument("--forward", choices=tuple(ROWS), help=argparse.SUPPRESS)
+    p.add_argument("--render", action="store_true",
+                   help="only write the tables from the rows finished so far in --out (no training)")
     return p.parse_args(argv)
 
 
@@ -254,6 +256,8 @@ def main(argv=None) -> int:
         print(json.dumps(forward(args.forward, args.threads)))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.render:
+        return render(args)
     from flare_seg.runtime import configure_training
 
     configure_training(threads=args.threads, deterministic=True)
@@ -268,6 +272,20 @@ def main(argv=None) -> int:
         results["partial"] = run_partial(args, train, held,
                                          train_row(args.out / run_name("SCN"), trained_config(args), train, args))
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    return write_tables(results, args)
+
+
+def render(args) -> int:
+    """Tables from the rows finished so far (``methods_so_far.json``, ``partial_so_far.json``)."""
+    results = {}
+    for key in ("methods", "partial"):
+        path = args.out / f"{key}_so_far.json"
+        if path.exists():
+            results[key] = json.loads(path.read_text())
+    return write_tables(results, args)
+
+
+def write_tables(results: dict, args) -> int:
     lines = []
     if "methods" in results:
         lines += ["## Methods", "", *_methods_md(results["methods"], args), ""]
