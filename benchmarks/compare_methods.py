@@ -39,9 +39,21 @@ CPU = "AMD EPYC (Zen 3, family 25 model 1), AVX2, no AVX-512/BF16/AMX, 2 cores s
 
 
 def seg_config(**changes):
+    """The deployed (paper-size) segmenter config of a row."""
     from flare_seg.config import SegmenterConfig, replace
 
     return replace(SegmenterConfig(), **changes)
+
+
+def trained_config(args, **changes):
+    """The config the CPU can train here: the row's architecture at reduced width and a coarser grid."""
+    from flare_seg.config import NetworkConfig, replace
+
+    config = seg_config(**changes)
+    grid = replace(config.preprocess.grid, spacing_mm=float(args.spacing))
+    return replace(config, local=NetworkConfig(levels=args.local_levels, filters=args.local_filters),
+                   spatial=NetworkConfig(levels=4, filters=args.spatial_filters),
+                   preprocess=replace(config.preprocess, grid=grid))
 
 
 def forward(name: str, threads: int | None) -> dict:
@@ -141,12 +153,13 @@ ORGANS = ("liver", "kidney", "spleen", "pancreas")
 
 
 def _methods_md(rows: dict, args) -> list[str]:
-    lines = ["| method | params | GFLOP 160x128x160 | CPU forward s | peak RSS GB |",
-             "|---|---:|---:|---:|---:|"]
+    lines = ["Paper-size networks (as deployed; forward pass at 160x128x160, one fresh process each):", "",
+             "| method | params | GFLOP 160x128x160 | CPU forward s | peak RSS GB | trained here: params | train s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for name, row in rows.items():
         f = row["forward"]
         lines.append(f"| {name} | {f['params']:,} | {row['gflop']:.1f} | {f['forward_s']:.2f} | "
-                     f"{f['peak_rss_bytes'] / 1e9:.2f} |")
+                     f"{f['peak_rss_bytes'] / 1e9:.2f} | {row['trained_params']:,} | {row['train_seconds']:.0f} |")
     for part in ("phantoms", *[c[0] for c in real_cases()]):
         n = len(next(iter(rows.values()))["scores"].get(part, []))
         lines += ["", f"**{part}** ({n} case{'s' if n != 1 else ''}): DSC / NSD (1 mm) / precision / recall per organ "
@@ -185,37 +198,56 @@ def parse_args(argv=None):
     p.add_argument("--heldout", type=int, default=4, help="held-out phantoms")
     p.add_argument("--crop", type=int, nargs=3, default=(64, 64, 64), metavar=("Z", "Y", "X"))
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--spacing", type=float, default=4.0, help="segmenter grid spacing of the trained rows (mm)")
+    p.add_argument("--local-levels", type=int, default=4)
+    p.add_argument("--local-filters", type=int, default=16)
+    p.add_argument("--spatial-filters", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--part", choices=("methods", "partial", "all"), default="all")
     p.add_argument("--doc", type=Path, help="write the markdown tables here")
     p.add_argument("--forward", choices=tuple(ROWS), help=argparse.SUPPRESS)
+    p.add_argument("--render", action="store_true",
+                   help="only write the tables from the rows finished so far in --out (no training)")
     return p.parse_args(argv)
+
+
+def run_name(name: str) -> str:
+    return name.replace(" + ", "_plus_").replace(" ", "_")
 
 
 def run_methods(args, train, held) -> dict:
     from flare_seg.flops import conv_flops
-    from flare_seg.models import build_model
+    from flare_seg.models import build_model, count_params
 
     rows = {}
     for name, changes in ROWS.items():
-        run = train_row(args.out / name.replace(" ", "_").replace("+", "plus"), seg_config(**changes), train, args)
+        config = trained_config(args, **changes)
+        run = train_row(args.out / run_name(name), config, train, args)
         proc = subprocess.run([sys.executable, __file__, "--forward", name, "--threads", str(args.threads)],
                               capture_output=True, text=True, check=True)
         rows[name] = {"forward": json.loads(proc.stdout.strip().splitlines()[-1]),
                       "gflop": conv_flops(build_model(seg_config(**changes)), FORWARD_SIZE) / 1e9,
+                      "trained_params": count_params(build_model(config)),
+                      "train_seconds": float((run / "train_seconds.txt").read_text()),
                       "scores": evaluate_row(run, held)}
         log.info("%s: %s", name, rows[name]["forward"])
+        (args.out / "methods_so_far.json").write_text(json.dumps(rows, indent=1) + "\n")  # CPU is scarce
     return rows
 
 
 def run_partial(args, train, held, scn_full: Path) -> dict:
     parts = partial_cases(train)
+    config = trained_config(args)
     rows = {"all four organs labelled (= the SCN row)": scn_full,
-            "four sets, one organ each": train_row(args.out / "partial_loss", seg_config(), parts, args),
-            "four sets, one organ each, naive (unlabelled = background)":
-                train_row(args.out / "partial_naive", seg_config(), parts, args, partial_labels=False)}
-    return {name: {"scores": {"phantoms": evaluate_row(run, held)["phantoms"]}} for name, run in rows.items()}
+            "four sets, one organ each | partial-label loss": train_row(args.out / "partial_loss", config, parts, args),
+            "four sets, one organ each | naive (unlabelled = background)":
+                train_row(args.out / "partial_naive", config, parts, args, partial_labels=False)}
+    out = {}
+    for name, run in rows.items():
+        out[name] = {"scores": {"phantoms": evaluate_row(run, held)["phantoms"]}}
+        (args.out / "partial_so_far.json").write_text(json.dumps(out, indent=1) + "\n")
+    return out
 
 
 def main(argv=None) -> int:
@@ -224,6 +256,8 @@ def main(argv=None) -> int:
         print(json.dumps(forward(args.forward, args.threads)))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.render:
+        return render(args)
     from flare_seg.runtime import configure_training
 
     configure_training(threads=args.threads, deterministic=True)
@@ -235,8 +269,23 @@ def main(argv=None) -> int:
     if args.part in ("methods", "all"):
         results["methods"] = run_methods(args, train, held)
     if args.part in ("partial", "all"):
-        results["partial"] = run_partial(args, train, held, train_row(args.out / "SCN", seg_config(), train, args))
+        results["partial"] = run_partial(args, train, held,
+                                         train_row(args.out / run_name("SCN"), trained_config(args), train, args))
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    return write_tables(results, args)
+
+
+def render(args) -> int:
+    """Tables from the rows finished so far (``methods_so_far.json``, ``partial_so_far.json``)."""
+    results = {}
+    for key in ("methods", "partial"):
+        path = args.out / f"{key}_so_far.json"
+        if path.exists():
+            results[key] = json.loads(path.read_text())
+    return write_tables(results, args)
+
+
+def write_tables(results: dict, args) -> int:
     lines = []
     if "methods" in results:
         lines += ["## Methods", "", *_methods_md(results["methods"], args), ""]

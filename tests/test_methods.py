@@ -173,3 +173,20 @@ def _everything_is_foreground(folder):
     logits.set_weights([np.zeros_like(kernel), np.array([-10.0, 10.0], "float32")])
     model.save_weights(folder / "model.weights.h5")
     (folder / "model.weights.h5.sha256").unlink()
+
+
+def test_per_organ_localizer_trains_on_partial_labels_with_the_hybrid_loss(tmp_path):
+    import dataclasses
+
+    from flare_seg.training.loop import train
+    from flare_seg.training.samplers import make_sampler
+
+    loc, _ = tiny_configs()
+    loc = replace(loc, num_labels=5)
+    cfg = TrainConfig(steps=2, checkpoint_every=2, validate_every=2, loss="hybrid", learning_rate=1e-3)
+    cases = [dataclasses.replace(_blob_case(i), annotated=(i + 1,)) for i in range(2)]
+    _, target = make_sampler(loc, cfg, cases).sample(0, augment_data=False)
+    assert target.shape[-1] == 5 and target[..., 2:].min() == -1.0  # case 0 labels the liver only
+    result = train(loc, cfg, cases, tmp_path / "loc", val_cases=[_blob_case(3)], progress=False)
+    row = result.log_rows[-1]
+    assert np.isfinite(float(row["loss"])) and "val_dsc_foreground" in row
