@@ -59,6 +59,7 @@ class LoadedModel:
     predict: object
     weights_sha256: str
     folder: str
+    engine_info: dict = field(default_factory=lambda: {"engine": "tensorflow"})
 
 
 def load_model(folder: str | Path, expected: type, dtype_policy: str | None = None) -> LoadedModel:
@@ -125,15 +126,46 @@ class Segmenter:
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, *, device: str = "auto", memory="growth",
-             fp16: bool = False, threads: int | None = None) -> Segmenter:
-        """Configure the device, then load ``model_dir/loc`` and ``model_dir/seg`` (default: bundled)."""
+             fp16: bool = False, threads: int | None = None, engine: str | None = None,
+             precision: str | None = None, slab_z: int | None = None) -> Segmenter:
+        """Load ``model_dir/loc`` and ``model_dir/seg`` (default: bundled) on ``engine``.
+
+        ``engine``: ``openvino`` / ``onnxruntime`` (the exported pieces, no TensorFlow or Keras
+        imported) or ``tensorflow`` (the Keras model; device and GPU memory set up first); ``None``
+        chooses TensorFlow on a GPU host, else :data:`flare_seg.engines.DEFAULT_CPU_ENGINE`.
+        ``precision``: ``fp32`` (default), ``bf16`` or ``fp16`` (``fp16=True`` is ``fp16``).
+        ``slab_z``: z-slab thickness of the split nets (exported engines only).
+        """
+        from flare_seg.engines import choose_engine, is_exported
+
+        model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
+        chosen = choose_engine(engine, device)
+        if engine is None and chosen != "tensorflow" and not is_exported(model_dir):
+            log.warning("%s holds no exported networks (flare-seg export -m %s -o %s): using the tensorflow engine",
+                        model_dir, model_dir, model_dir)
+            chosen = "tensorflow"
+        engine = chosen
+        precision = precision or ("fp16" if fp16 else "fp32")
+        if engine == "tensorflow":
+            return cls._load_tensorflow(model_dir, device, memory, threads, precision)
+        from flare_seg.engines import load_exported
+        from flare_seg.runtime import DeviceInfo
+
+        if device == "gpu":
+            log.warning("--device gpu: the %s engine runs on the CPU (use --engine tensorflow on a GPU)", engine)
+        loc = load_exported(model_dir / "loc", LocalizerConfig, engine, precision, threads, slab_z)
+        seg = load_exported(model_dir / "seg", SegmenterConfig, engine, precision, threads, slab_z)
+        return cls(loc, seg, DeviceInfo(f"none ({engine} engine)", "cpu", "cpu"))
+
+    @classmethod
+    def _load_tensorflow(cls, model_dir: Path, device: str, memory, threads, precision: str) -> Segmenter:
+        from flare_seg.engines.tensorflow import POLICY
         from flare_seg.runtime import configure_device
 
         info = configure_device(device, memory, threads)
-        policy = "mixed_float16" if fp16 and info.device == "gpu" else None
-        if fp16 and info.device != "gpu":
+        policy = POLICY[precision] if info.device == "gpu" or precision == "bf16" else None
+        if precision == "fp16" and info.device != "gpu":
             log.warning("fp16 applies on a GPU only; running float32 on the CPU")
-        model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
         loc = load_model(model_dir / "loc", LocalizerConfig, policy)
         seg = load_model(model_dir / "seg", SegmenterConfig, policy)
         return cls(loc, seg, info)
@@ -141,9 +173,13 @@ class Segmenter:
     def provenance(self) -> dict:
         info = self.device_info.to_dict() if self.device_info else {}
         return {"flare_seg_version": __version__, "weights_sha256": {"loc": self.loc.weights_sha256,
-                "seg": self.seg.weights_sha256}, "model_dir": str(Path(self.seg.folder).parent), **info}
+                "seg": self.seg.weights_sha256}, "model_dir": str(Path(self.seg.folder).parent),
+                "engine": self.seg.engine_info, **info}
 
     def _run(self, loaded: LoadedModel, x: np.ndarray, name: str, report: dict) -> dict:
+        if loaded.engine_info["engine"] != "tensorflow":  # CPU engines: no device allocator
+            report.setdefault("allocator_peak_bytes", {})[name] = None
+            return loaded.predict(x[None, ..., None])
         from flare_seg.runtime import allocator_peak_bytes
 
         allocator_peak_bytes(reset=True)

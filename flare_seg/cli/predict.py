@@ -64,6 +64,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unit-spacing-fix", type=_spacing_fix, metavar="X,Y,Z|flare",
                    help="spacing to use when a header claims exactly 1x1x1 mm ('flare': 0.8145,0.8145,2.528)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_engine_arguments(p)
+
+
+def _add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """Engine choice (issue 11): exported OpenVINO / ONNX Runtime pieces or the Keras model on TensorFlow."""
+    from flare_seg.engines import DEFAULT_CPU_ENGINE, ENGINES, PRECISIONS
+
+    group = p.add_argument_group("engine")
+    group.add_argument("--engine", choices=ENGINES, default=None,
+                       help=f"default: tensorflow on a GPU host, else {DEFAULT_CPU_ENGINE} (no TensorFlow imported)")
+    group.add_argument("--precision", choices=PRECISIONS, default=None,
+                       help="fp32 (default), bf16 or fp16 where the engine and CPU/GPU support it (--fp16 = fp16)")
+    group.add_argument("--slab-z", type=int, default=None, metavar="N",
+                       help="z-slab thickness of the split nets in 2/6 mm voxels (even; default 32)")
 
 
 def _summary(records: list[dict], wall_seconds: float, sampler_result: dict | None) -> dict:
@@ -101,7 +115,8 @@ def run(args) -> int:
         qc_dir = io.ensure_writable_folder(out_dir / "qc" if args.qc is True else Path(args.qc))
     t0 = time.perf_counter()
     segmenter = Segmenter.load(args.model_dir, device=args.device, memory=args.gpu_memory, fp16=args.fp16,
-                               threads=args.threads)
+                               threads=args.threads, engine=args.engine, precision=args.precision,
+                               slab_z=args.slab_z)
     load_seconds = time.perf_counter() - t0
     options = SegmentOptions(resample_mode=args.resample,
                              largest_component_only=True if args.largest_component else None)
