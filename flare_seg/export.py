@@ -162,28 +162,57 @@ def keras_to_onnx(model, output: str, graph_name: str):
 
 
 def _split_plan(kind: str, config) -> dict:
-    """Pieces (inputs -> outputs by tensor name) and halos of the split network."""
+    """Pieces in running order: inputs -> output by tensor name, each input's z factor, slabbed or whole."""
     prefix, net = ("loc", config.network) if kind == "localizer" else ("local", config.local)
     if net.levels < 2:
         raise ValueError(f"{kind}: a U-Net needs >= 2 levels to be split, got {net.levels}")
-    core_out = f"{prefix}_up1_drop2"  # the up block above the full-resolution level: input of upsample0
-    logits = f"{prefix}_logits"
-    pieces = {"head": (["image"], [f"{prefix}_pool1"]), "core": ([f"{prefix}_pool1"], [core_out]),
-              "tail": (["image", core_out], [logits])}
-    if kind == "segmenter":
-        pieces["post"] = (["image", logits], [OUTPUTS[kind]])
-    return {"prefix": prefix, "pieces": {k: {"inputs": i, "outputs": o} for k, (i, o) in pieces.items()}}
+    pool1, core_out, logits = f"{prefix}_pool1", f"{prefix}_up1_drop2", f"{prefix}_logits"
+    pieces = {"head": ({"image": 1}, pool1, True), "core": ({pool1: 2}, core_out, False),
+              "tail": ({"image": 1, core_out: 2}, logits, True)}
+    if kind == "segmenter":  # the spatial part: pooling and combination per slab, the nets at 1/4 whole
+        f = config.spatial_downsample
+        pieces.update({"pool": ({"image": 1, logits: 1}, "spatial_stack", True),
+                       "spatial": ({"spatial_stack": f}, "spatial_logits_small", False),
+                       "combine": ({logits: 1, "spatial_logits_small": f}, OUTPUTS[kind], True)})
+    return {"prefix": prefix, "pieces": {
+        name: {"inputs": list(inputs), "input_z_factors": list(inputs.values()), "outputs": [output],
+               "slabbed": slabbed, "z_axis": 1 if output == OUTPUTS[kind] else 2}
+        for name, (inputs, output, slabbed) in pieces.items()}}
 
 
-def _halo(piece) -> int:
-    """Voxels of z context a piece needs per side: one per 3x3x3 convolution (all at full resolution).
+def _attr(node, name: str):
+    from onnx import helper
 
-    The tail's upsampling needs one more on its own path, which its recomputed down block covers
-    (the exactness test checks the result equals the untiled net)."""
-    def kernel(node) -> list[int]:
-        return next(list(a.ints) for a in node.attribute if a.name == "kernel_shape")
+    return next(helper.get_attribute_value(a) for a in node.attribute if a.name == name)
 
-    return sum(1 for n in piece.graph.node if n.op_type == "Conv" and kernel(n)[0] == 3)
+
+def _context(piece, input_factors: dict[str, int], initializers: dict) -> tuple[int, int]:
+    """(halo, output z factor) of a piece: how deep, in full-resolution z voxels, a slab edge's error reaches.
+
+    Per tensor: its z factor (vs the image) and the depth of the region a cut slab gets wrong. A
+    3x3x3 convolution adds one voxel at its resolution, a pooling rounds up to whole output voxels,
+    a linear x``r`` upsampling adds ``ceil(r / 2)`` output voxels (the edge clamp), elementwise
+    operations take the deepest input. Checked against the untiled net by the tests.
+    """
+    factor = dict(input_factors)
+    depth = dict.fromkeys(input_factors, 0)
+    for node in piece.graph.node:
+        ins = [t for t in node.input if t in factor]
+        fi, di = (factor[ins[0]], max(depth[t] for t in ins)) if ins else (1, 0)
+        fo, do = fi, di
+        if node.op_type == "Conv":
+            do = di + (_attr(node, "kernel_shape")[0] // 2) * fi
+        elif node.op_type == "AveragePool":
+            fo = fi * _attr(node, "kernel_shape")[0]
+            do = -(-di // fo) * fo
+        elif node.op_type == "Resize":
+            r = int(round(float(initializers[node.input[2]][2])))
+            fo = fi // r
+            do = di + -(-r // 2) * fo
+        for out in node.output:
+            factor[out], depth[out] = fo, do
+    output = piece.graph.output[0].name
+    return depth[output], factor[output]
 
 
 def _extract(whole, inputs: list[str], outputs: list[str]):
@@ -234,6 +263,8 @@ def _write_openvino(proto, path_xml: Path) -> None:
 
 def export_network(src: Path, dst: Path, kind: str, fmt: str) -> dict:
     """Export one network folder (``config.json`` + weights) into ``dst``; returns its export record."""
+    from onnx import numpy_helper
+
     from flare_seg.config import LocalizerConfig, SegmenterConfig
     from flare_seg.predict import CONFIG_FILE, WEIGHTS_FILE, load_model
 
@@ -241,9 +272,13 @@ def export_network(src: Path, dst: Path, kind: str, fmt: str) -> dict:
     whole = keras_to_onnx(loaded.model, OUTPUTS[kind], f"flare_seg_{src.name}")
     plan = _split_plan(kind, loaded.config)
     dst.mkdir(parents=True, exist_ok=True)
+    initializers = {t.name: numpy_helper.to_array(t) for t in whole.graph.initializer}
     for name, piece in plan["pieces"].items():
         proto = _extract(whole, piece["inputs"], piece["outputs"])
-        piece["halo_z"] = _halo(proto) if name in ("head", "tail") else 0
+        halo, piece["output_z_factor"] = _context(proto, dict(zip(piece["inputs"], piece["input_z_factors"],
+                                                                 strict=True)), initializers)
+        piece["align_z"] = max(piece["input_z_factors"] + [piece["output_z_factor"]])
+        piece["halo_z"] = -(-halo // piece["align_z"]) * piece["align_z"] if piece["slabbed"] else 0
         if fmt == "onnx":
             _write_onnx(proto, dst / f"{name}.onnx")
         else:
@@ -255,7 +290,7 @@ def export_network(src: Path, dst: Path, kind: str, fmt: str) -> dict:
     record = {"flare_seg_version": __version__, "kind": kind, "formats": [fmt], "opset": OPSET,
               "versions": engine_versions(), "source_weights": {"file": WEIGHTS_FILE, "sha256": loaded.weights_sha256},
               "output": OUTPUTS[kind], "input": "image", "input_layout": "(1, 1, z, y, x) float32",
-              "output_layout": "(1, z, y, x, labels) float32", "z_multiple": 2, **plan}
+              "output_layout": "(1, z, y, x, labels) float32", **plan}
     previous = _read_record(dst)
     if previous and previous.get("source_weights") == record["source_weights"] and previous.get("opset") == OPSET:
         record["formats"] = sorted(set(previous.get("formats", [])) | {fmt})

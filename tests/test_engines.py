@@ -51,7 +51,7 @@ def test_export_writes_pieces_beside_config_and_a_record(exported_dir, tiny_mode
         # one 3x3x3 convolution = one voxel of context: head = 1 block, tail = 2 blocks of 2 convolutions
         assert record["pieces"]["head"]["halo_z"] == 2 and record["pieces"]["tail"]["halo_z"] == 4
     assert set(json.loads((exported_dir / "seg" / "export.json").read_text())["pieces"]) == {
-        "head", "core", "tail", "post"}
+        "head", "core", "tail", "pool", "spatial", "combine"}
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -77,7 +77,7 @@ def _add_engine_arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument("--precision", choices=PRECISIONS, default=None,
                        help="fp32 (default), bf16 or fp16 where the engine and CPU/GPU support it (--fp16 = fp16)")
     group.add_argument("--slab-z", type=int, default=None, metavar="N",
-                       help="z-slab thickness of the split nets in 2/6 mm voxels (even; default 32)")
+                       help="z-slab thickness of the split nets in 2/6 mm voxels (even; default 8)")
 
 
 def _summary(records: list[dict], wall_seconds: float, sampler_result: dict | None) -> dict:

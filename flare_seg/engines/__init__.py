@@ -23,6 +23,28 @@ DEFAULT_CPU_ENGINE = "openvino"
 EXPORTED = ("openvino", "onnxruntime")
 
 
+def trim_heap() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Between pieces the engines free their working buffers, but glibc keeps freed memory mapped, so
+    without this each piece's peak stays in the RSS and the process's peak adds up across pieces
+    (measured: 176 MB kept after the localizer on a 512x512x300 case)."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _MALLOC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
+
+
 def gpu_present() -> bool:
     """Whether an NVIDIA GPU is visible (NVML; no framework import)."""
     try:
@@ -96,6 +118,12 @@ def load_exported(folder: str | Path, expected: type, engine: str, precision: st
         from flare_seg.engines.onnxruntime import piece_runner
     else:
         raise ValueError(f"engine {engine!r} does not run exported files (one of {', '.join(EXPORTED)})")
-    run_piece, info = piece_runner(folder, record, precision, threads)
-    net = SplitNet(record, run_piece, slab_z or DEFAULT_SLAB_Z)
+    run_piece, engine_release, info = piece_runner(folder, record, precision, threads)
+
+    def release(name: str) -> None:
+        if engine_release is not None:
+            engine_release(name)
+        trim_heap()
+
+    net = SplitNet(record, run_piece, slab_z or DEFAULT_SLAB_Z, release)
     return LoadedModel(config, None, net.predict, record["source_weights"]["sha256"], str(folder), info)

@@ -15,7 +15,7 @@ def version() -> str:
 
 
 def piece_runner(folder: Path, record: dict, precision: str, threads: int | None):
-    """``run_piece(name, feeds)`` over ONNX Runtime sessions of ``folder/<piece>.onnx``."""
+    """``(run_piece(name, feeds), release, info)`` over ONNX Runtime sessions of ``folder/<piece>.onnx``."""
     import onnxruntime as ort
 
     if precision != "fp32":
@@ -35,4 +35,4 @@ def piece_runner(folder: Path, record: dict, precision: str, threads: int | None
     def run_piece(name: str, feeds: dict):
         return sessions[name].run(None, feeds)[0]
 
-    return run_piece, {"engine": "onnxruntime", "engine_version": ort.__version__, "inference_precision": "fp32"}
+    return run_piece, None, {"engine": "onnxruntime", "engine_version": ort.__version__, "inference_precision": "fp32"}

@@ -50,7 +50,7 @@ def _core(cache: Path | None):
 
 
 def piece_runner(folder: Path, record: dict, precision: str, threads: int | None, use_cache: bool = True):
-    """``run_piece(name, feeds)`` over OpenVINO compiled models of ``folder/<piece>.{xml,onnx}``."""
+    """``(run_piece(name, feeds), release, info)`` over OpenVINO compiled models of ``folder/<piece>.{xml,onnx}``."""
     ov_version = version()
     cache = cache_dir(record["source_weights"]["sha256"], precision, ov_version) if use_cache else None
     core = _core(cache)
@@ -68,6 +68,9 @@ def piece_runner(folder: Path, record: dict, precision: str, threads: int | None
         request.infer(feeds)
         return request.get_output_tensor(0).data.copy()  # the request's buffer is reused by its next call
 
+    def release(name: str) -> None:  # a request keeps its largest buffers otherwise: RSS adds up over pieces
+        compiled[name].release_memory()
+
     info = {"engine": "openvino", "engine_version": ov_version, "inference_precision": actual,
             "model_cache": str(cache) if cache is not None else None}
-    return run_piece, info
+    return run_piece, release, info

@@ -19,9 +19,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-#: Slab thickness (full-resolution z voxels, even). 32 measured fastest of 16/32/64 on 2 Zen 3 cores
-#: with OpenVINO at 128x128x160 while its 64-channel maps stay ~100 MB.
-DEFAULT_SLAB_Z = 32
+#: Slab thickness (full-resolution z voxels, even). Measured with OpenVINO on a 512x512x300 phantom
+#: (SCN grid 128x128x160), 2 loaded Zen 3 cores: whole-process peak RSS 0.96 GB at 8, 1.09 GB at 16,
+#: 1.8 GB untiled; the SCN forward was no slower at 8 (53 s vs 61 s on the loaded machine).
+DEFAULT_SLAB_Z = 8
 
 
 def slabs(n_z: int, slab_z: int, halo_z: int) -> list[tuple[int, int, int, int]]:
@@ -39,46 +40,69 @@ def slabs(n_z: int, slab_z: int, halo_z: int) -> list[tuple[int, int, int, int]]
     return out
 
 
-class SplitNet:
-    """``predict(x (1, z, y, x, 1) float32) -> {output: (1, z, y, x, labels)}``, as the Keras predictor."""
+def _take_z(array: np.ndarray, axis: int, lo: int, hi: int) -> np.ndarray:
+    index = [slice(None)] * array.ndim
+    index[axis] = slice(lo, hi)
+    return array[tuple(index)]
 
-    def __init__(self, record: dict, run_piece: Callable[[str, dict], np.ndarray], slab_z: int = DEFAULT_SLAB_Z):
+
+class SplitNet:
+    """``predict(x (1, z, y, x, 1) float32) -> {output: (1, z, y, x, labels)}``, as the Keras predictor.
+
+    Runs the record's pieces in order; each tensor is dropped after its last use, and
+    ``release(name)`` lets the engine free a piece's working memory once it is done.
+    """
+
+    def __init__(self, record: dict, run_piece: Callable[[str, dict], np.ndarray],
+                 slab_z: int = DEFAULT_SLAB_Z, release: Callable[[str], None] | None = None):
         self.record = record
         self.pieces = record["pieces"]
         self.run_piece = run_piece
+        self.release = release or (lambda name: None)
         self.slab_z = int(slab_z)
         if self.slab_z < 2 or self.slab_z % 2:
             raise ValueError(f"slab_z must be an even number >= 2, got {slab_z}")
 
-    def _slabbed(self, name: str, feeds: dict[str, tuple[np.ndarray, int]], n_z: int) -> np.ndarray:
-        """Run piece ``name`` per slab; each feed is (array, z downsampling of that array vs the image)."""
+    def _slabbed(self, name: str, feeds: dict[str, np.ndarray], n_z: int) -> np.ndarray:
+        """Run piece ``name`` per z-slab (inputs at their z factors) and assemble the cropped outputs."""
         piece = self.pieces[name]
+        align, f_out, axis = int(piece["align_z"]), int(piece["output_z_factor"]), int(piece["z_axis"])
+        slab = -(-self.slab_z // align) * align
+        factors = dict(zip(piece["inputs"], piece["input_z_factors"], strict=True))
         out = None
-        for start, end, lo, hi in slabs(n_z, self.slab_z, int(piece["halo_z"])):
-            slab_feeds = {k: a[:, :, lo // f : hi // f] for k, (a, f) in feeds.items()}
-            y = self.run_piece(name, slab_feeds)
-            f_out = (hi - lo) // y.shape[2]  # the output's z downsampling (head: 2, tail: 1)
+        for start, end, lo, hi in slabs(n_z, slab, int(piece["halo_z"])):
+            y = self.run_piece(name, {k: a[:, :, lo // factors[k] : hi // factors[k]] for k, a in feeds.items()})
             if out is None:
-                out = np.empty((*y.shape[:2], n_z // f_out, *y.shape[3:]), dtype=np.float32)
-            out[:, :, start // f_out : end // f_out] = y[:, :, (start - lo) // f_out : (end - lo) // f_out]
+                shape = list(y.shape)
+                shape[axis] = n_z // f_out
+                out = np.empty(shape, dtype=np.float32)
+            _take_z(out, axis, start // f_out, end // f_out)[...] = _take_z(
+                y, axis, (start - lo) // f_out, (end - lo) // f_out)
         return out
 
     def predict(self, x: np.ndarray) -> dict[str, np.ndarray]:
         if x.ndim != 5 or x.shape[0] != 1 or x.shape[-1] != 1:
             raise ValueError(f"expected input (1, z, y, x, 1), got {x.shape}")
         n_z = x.shape[1]
-        if n_z % int(self.record.get("z_multiple", 2)):
-            raise ValueError(f"input z size {n_z} is not a multiple of {self.record.get('z_multiple', 2)}")
-        image = np.ascontiguousarray(x, dtype=np.float32).reshape(1, 1, *x.shape[1:4])
-        head, core, tail = self.pieces["head"], self.pieces["core"], self.pieces["tail"]
-        pooled = self._slabbed("head", {head["inputs"][0]: (image, 1)}, n_z)
-        coarse = self.run_piece("core", {core["inputs"][0]: pooled})
-        del pooled
-        logits = self._slabbed("tail", {tail["inputs"][0]: (image, 1), tail["inputs"][1]: (coarse, 2)}, n_z)
-        del coarse
-        if "post" in self.pieces:
-            post = self.pieces["post"]
-            out = self.run_piece("post", {post["inputs"][0]: image, post["inputs"][1]: logits})
-        else:
-            out = np.moveaxis(logits, 1, -1)  # (1, c, z, y, x) -> (1, z, y, x, c), a view
+        align = max(int(p["align_z"]) for p in self.pieces.values())
+        if n_z % align:
+            raise ValueError(f"input z size {n_z} is not a multiple of {align}")
+        tensors = {"image": np.ascontiguousarray(x, dtype=np.float32).reshape(1, 1, *x.shape[1:4])}
+        order = list(self.pieces)
+        last_use = {t: i for i, name in enumerate(order) for t in self.pieces[name]["inputs"]}
+        for i, name in enumerate(order):
+            piece = self.pieces[name]
+            feeds = {k: tensors[k] for k in piece["inputs"]}
+            if piece["slabbed"]:
+                result = self._slabbed(name, feeds, n_z)
+            else:
+                result = self.run_piece(name, feeds)
+            self.release(name)
+            del feeds
+            for t in [t for t, last in last_use.items() if last == i]:
+                tensors.pop(t, None)
+            tensors[piece["outputs"][0]] = result
+        out = tensors[self.pieces[order[-1]]["outputs"][0]]
+        if int(self.pieces[order[-1]]["z_axis"]) == 2:
+            out = np.moveaxis(out, 1, -1)  # (1, c, z, y, x) -> (1, z, y, x, c), a view
         return {self.record["output"]: out}
