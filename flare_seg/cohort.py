@@ -44,6 +44,9 @@ class LoadOptions:
     memory: object = "growth"
     fp16: bool = False
     threads: int | None = None
+    engine: str | None = None
+    precision: str | None = None
+    slab_z: int | None = None
 
 
 @dataclass
@@ -74,7 +77,8 @@ class SegmenterPlugin(_WorkerPlugin):
         t0 = time.perf_counter()
         self.lock = threading.Lock()
         self.segmenter = Segmenter.load(self.load.model_dir, device=self.load.device, memory=self.load.memory,
-                                        fp16=self.load.fp16, threads=self.load.threads)
+                                        fp16=self.load.fp16, threads=self.load.threads, engine=self.load.engine,
+                                        precision=self.load.precision, slab_z=self.load.slab_z)
         self.model_loads += 1
         self.model_load_seconds = round(time.perf_counter() - t0, 3)
         log.info("worker %s: models loaded in %.1f s", getattr(worker, "address", "?"), self.model_load_seconds)

@@ -62,6 +62,7 @@ class LoadedModel:
     weights_sha256: str
     folder: str
     warnings: list[str] = field(default_factory=list)
+    engine_info: dict = field(default_factory=lambda: {"engine": "tensorflow"})
 
 
 def load_model(folder: str | Path, expected: type, dtype_policy: str | None = None) -> LoadedModel:
@@ -144,6 +145,16 @@ class CaseResult:
     report: CaseReport = field(default_factory=CaseReport)
 
 
+def label_counts(labels: np.ndarray, num_labels: int, chunk_voxels: int = 1 << 22) -> np.ndarray:
+    """Voxels per label, a few million at a time: ``np.bincount`` casts uint8 to int64, so on the
+    whole of a 512x512x300 map it briefly needs 630 MB (measured: the case's peak RSS, 1.43 GB)."""
+    flat = labels.reshape(-1)
+    counts = np.zeros(num_labels, dtype=np.int64)
+    for start in range(0, flat.size, chunk_voxels):
+        counts += np.bincount(flat[start : start + chunk_voxels], minlength=num_labels)[:num_labels]
+    return counts
+
+
 def _grid_report(x: np.ndarray, record: GridRecord) -> GridReport:
     return GridReport(list(x.shape), record.spacing_mm[0])
 
@@ -158,15 +169,46 @@ class Segmenter:
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, *, device: str = "auto", memory="growth",
-             fp16: bool = False, threads: int | None = None) -> Segmenter:
-        """Configure the device, then load ``model_dir/loc`` and ``model_dir/seg`` (default: bundled)."""
+             fp16: bool = False, threads: int | None = None, engine: str | None = None,
+             precision: str | None = None, slab_z: int | None = None) -> Segmenter:
+        """Load ``model_dir/loc`` and ``model_dir/seg`` (default: bundled) on ``engine``.
+
+        ``engine``: ``openvino`` / ``onnxruntime`` (the exported pieces, no TensorFlow or Keras
+        imported) or ``tensorflow`` (the Keras model; device and GPU memory set up first); ``None``
+        chooses TensorFlow on a GPU host, else :data:`flare_seg.engines.DEFAULT_CPU_ENGINE`.
+        ``precision``: ``fp32`` (default), ``bf16`` or ``fp16`` (``fp16=True`` is ``fp16``).
+        ``slab_z``: z-slab thickness of the split nets (exported engines only).
+        """
+        from flare_seg.engines import choose_engine, is_exported
+
+        model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
+        chosen = choose_engine(engine, device)
+        if engine is None and chosen != "tensorflow" and not is_exported(model_dir):
+            log.warning("%s holds no exported networks (flare-seg export -m %s -o %s): using the tensorflow engine",
+                        model_dir, model_dir, model_dir)
+            chosen = "tensorflow"
+        engine = chosen
+        precision = precision or ("fp16" if fp16 else "fp32")
+        if engine == "tensorflow":
+            return cls._load_tensorflow(model_dir, device, memory, threads, precision)
+        from flare_seg.engines import load_exported
+        from flare_seg.runtime import DeviceInfo
+
+        if device == "gpu":
+            log.warning("--device gpu: the %s engine runs on the CPU (use --engine tensorflow on a GPU)", engine)
+        loc = load_exported(model_dir / "loc", LocalizerConfig, engine, precision, threads, slab_z)
+        seg = load_exported(model_dir / "seg", SegmenterConfig, engine, precision, threads, slab_z)
+        return cls(loc, seg, DeviceInfo(f"none ({engine} engine)", "cpu", "cpu"))
+
+    @classmethod
+    def _load_tensorflow(cls, model_dir: Path, device: str, memory, threads, precision: str) -> Segmenter:
+        from flare_seg.engines.tensorflow import POLICY
         from flare_seg.runtime import configure_device
 
         info = configure_device(device, memory, threads)
-        policy = "mixed_float16" if fp16 and info.device == "gpu" else None
-        if fp16 and info.device != "gpu":
+        policy = POLICY[precision] if info.device == "gpu" or precision == "bf16" else None
+        if precision == "fp16" and info.device != "gpu":
             log.warning("fp16 applies on a GPU only; running float32 on the CPU")
-        model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
         loc = load_model(model_dir / "loc", LocalizerConfig, policy)
         seg = load_model(model_dir / "seg", SegmenterConfig, policy)
         return cls(loc, seg, info)
@@ -177,14 +219,18 @@ class Segmenter:
         warnings = list(getattr(self.device_info, "warnings", None) or [])
         warnings += list(getattr(self.loc, "warnings", [])) + list(getattr(self.seg, "warnings", []))
         return {"flare_seg_version": __version__, "weights_sha256": {"loc": self.loc.weights_sha256,
-                "seg": self.seg.weights_sha256}, "model_dir": str(Path(self.seg.folder).parent), **info,
-                "warnings": warnings}
+                "seg": self.seg.weights_sha256}, "model_dir": str(Path(self.seg.folder).parent),
+                "engine": self.seg.engine_info, **info, "warnings": warnings}
 
     def _run(self, loaded: LoadedModel, x: np.ndarray, name: str, report: CaseReport) -> dict:
+        batch = x[None, ..., None] if x.ndim == 3 else x[None]  # (z, y, x[, channels])
+        if loaded.engine_info["engine"] != "tensorflow":  # CPU engines: no device allocator
+            report.allocator_peak_bytes[name] = None
+            return loaded.predict(batch)
         from flare_seg.runtime import allocator_peak_bytes
 
         allocator_peak_bytes(reset=True)
-        out = loaded.predict(x[None, ..., None] if x.ndim == 3 else x[None])  # (z, y, x[, channels])
+        out = loaded.predict(batch)
         report.allocator_peak_bytes[name] = allocator_peak_bytes()
         return out
 
@@ -205,7 +251,7 @@ class Segmenter:
         canon_labels = self._segment_box(canon, canon_geometry, box, options, timer, report)
         with timer.stage("to_input_grid"):
             labels = np.ascontiguousarray(from_canonical(canon_labels, orient))
-        counts = np.bincount(labels.ravel(), minlength=len(NAMES))
+        counts = label_counts(labels, len(NAMES))
         report.organ_volumes_ml = {NAMES[o]: round(float(counts[o]) * geometry.voxel_volume_ml, 2) for o in ORGANS}
         return CaseResult(labels, report)
 

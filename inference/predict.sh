@@ -2,6 +2,8 @@
 # FLARE container entry point, run by the organisers as `sh predict.sh` in /workspace.
 # Reads /workspace/inputs/<case>_0000.nii.gz, writes /workspace/outputs/<case>.nii.gz.
 # Outside the container: sh inference/predict.sh INPUT_DIR OUTPUT_DIR [extra flare-seg predict options]
+# The engine: tensorflow on a GPU host, else openvino (exported pieces, no TensorFlow); choose with
+# --engine tensorflow|openvino|onnxruntime and --precision fp32|bf16|fp16 after the two folders.
 # Never sets CUDA_VISIBLE_DEVICES: the organisers choose the GPU with `docker run --gpus`.
 set -eu
 

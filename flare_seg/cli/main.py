@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "benchmark-run": ("flare_seg.cli.benchmark_run", "run a command one case at a time, timing it and sampling memory"),
     "train": ("flare_seg.cli.train", "train the localizer or the SCN (EMA weights, resumable)"),
     "phantom": ("flare_seg.cli.phantom", "write synthetic abdominal CT phantoms with FLARE labels"),
+    "export": ("flare_seg.cli.export", "export the networks to ONNX / OpenVINO for the lean CPU engines"),
 }
 
 

@@ -64,6 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unit-spacing-fix", type=_spacing_fix, metavar="X,Y,Z|flare",
                    help="spacing to use when a header claims exactly 1x1x1 mm ('flare': 0.8145,0.8145,2.528)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_engine_arguments(p)
     add_hospital_arguments(p)
 
 
@@ -111,6 +112,19 @@ def _folder_run(args) -> bool:
     from flare_seg import io
 
     return args.input.is_dir() and not io.is_dicom_folder(args.input)
+
+
+def _add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """Engine choice (issue 11): exported OpenVINO / ONNX Runtime pieces or the Keras model on TensorFlow."""
+    from flare_seg.engines import DEFAULT_CPU_ENGINE, ENGINES, PRECISIONS
+
+    group = p.add_argument_group("engine")
+    group.add_argument("--engine", choices=ENGINES, default=None,
+                       help=f"default: tensorflow on a GPU host, else {DEFAULT_CPU_ENGINE} (no TensorFlow imported)")
+    group.add_argument("--precision", choices=PRECISIONS, default=None,
+                       help="fp32 (default), bf16 or fp16 where the engine and CPU/GPU support it (--fp16 = fp16)")
+    group.add_argument("--slab-z", type=int, default=None, metavar="N",
+                       help="z-slab thickness of the split nets in 2/6 mm voxels (even; default 8)")
 
 
 def _summary(records: list[dict], wall_seconds: float, sampler_result: dict | None) -> dict:
@@ -174,7 +188,8 @@ def _run_here(args, jobs, options, read_kwargs, qc_dir, extras) -> tuple[list[di
 
     t0 = time.perf_counter()
     segmenter = Segmenter.load(args.model_dir, device=args.device, memory=args.gpu_memory, fp16=args.fp16,
-                               threads=args.threads)
+                               threads=args.threads, engine=args.engine, precision=args.precision,
+                               slab_z=args.slab_z)
     load_seconds = time.perf_counter() - t0
     records = run_jobs(segmenter, jobs, options=options, skip_existing=args.skip_existing, qc_dir=qc_dir,
                        read_kwargs=read_kwargs, progress=not args.no_progress, extras=extras)
@@ -192,7 +207,8 @@ def _run_on_dask(args, jobs, options, read_kwargs, qc_dir, extras) -> tuple[list
     client, cluster = cohort.connect(args.dask)
     try:
         load = cohort.LoadOptions(str(args.model_dir) if args.model_dir else None, args.device, args.gpu_memory,
-                                  args.fp16, cohort.local_threads(args.dask, args.threads))
+                                  args.fp16, cohort.local_threads(args.dask, args.threads), args.engine,
+                                  args.precision, args.slab_z)
         task = cohort.CaseTask(options, qc_dir, read_kwargs, extras)
         records, report = cohort.run_cohort(client, jobs, load, task, skip_existing=args.skip_existing,
                                             progress=not args.no_progress)

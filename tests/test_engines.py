@@ -1,0 +1,159 @@
+"""The lean engines: export to ONNX / OpenVINO, agreement with Keras, the split nets' exactness,
+the no-TensorFlow import path, staleness checks and the OpenVINO cache key."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flare_seg.config import LocalizerConfig, SegmenterConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+ENGINES = ("onnxruntime", "openvino")
+NETS = (("loc", LocalizerConfig, "logits"), ("seg", SegmenterConfig, "prob"))
+
+
+@pytest.fixture(scope="module")
+def exported_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    from flare_seg.export import export
+
+    out = tmp_path_factory.mktemp("exported")
+    export(tiny_model_dir, out, "onnx")
+    export(tiny_model_dir, out, "openvino")
+    return out
+
+
+def _keras_output(folder: Path, cls, x: np.ndarray, output: str) -> np.ndarray:
+    from flare_seg.predict import load_model
+
+    return load_model(folder, cls).predict(x)[output]
+
+
+def test_export_writes_pieces_beside_config_and_a_record(exported_dir, tiny_model_dir):
+    from flare_seg.predict import sha256_of
+
+    for net in ("loc", "seg"):
+        folder = exported_dir / net
+        record = json.loads((folder / "export.json").read_text())
+        assert record["opset"] == 17 and record["formats"] == ["onnx", "openvino"]
+        assert record["source_weights"]["sha256"] == sha256_of(tiny_model_dir / net / "model.weights.h5")
+        assert record["versions"]["onnxruntime"] and record["versions"]["openvino"]
+        assert (folder / "config.json").read_text() == (tiny_model_dir / net / "config.json").read_text()
+        for piece in record["pieces"]:
+            assert (folder / f"{piece}.onnx").is_file() and (folder / f"{piece}.xml").is_file()
+        # one 3x3x3 convolution = one voxel of context: head = 1 block, tail = 2 blocks of 2 convolutions
+        assert record["pieces"]["head"]["halo_z"] == 2 and record["pieces"]["tail"]["halo_z"] == 4
+    assert set(json.loads((exported_dir / "seg" / "export.json").read_text())["pieces"]) == {
+        "head", "core", "tail", "pool", "spatial", "combine"}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("net,cls,output", NETS)
+def test_exported_engines_agree_with_keras(exported_dir, tiny_model_dir, engine, net, cls, output, rng):
+    from flare_seg.engines import load_exported
+
+    x = rng.uniform(-1, 1, (1, 64, 32, 48, 1)).astype(np.float32)
+    expected = _keras_output(tiny_model_dir / net, cls, x, output)
+    got = load_exported(exported_dir / net, cls, engine).predict(x)[output]
+    assert got.shape == expected.shape
+    assert float(np.abs(got - expected).max()) <= 1e-5 * max(1.0, float(np.abs(expected).max()))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_z_slabs_equal_the_untiled_net(exported_dir, engine, rng):
+    """Slabs of 8 (interior halos on both sides, 8 slabs) against one slab (no halo: the untiled net)."""
+    from flare_seg.engines import load_exported
+
+    x = rng.uniform(-1, 1, (1, 64, 32, 32, 1)).astype(np.float32)
+    whole = load_exported(exported_dir / "seg", SegmenterConfig, engine, slab_z=64).predict(x)["prob"]
+    for slab_z in (8, 22):  # 22: slabs that are not a divisor of the grid
+        slabbed = load_exported(exported_dir / "seg", SegmenterConfig, engine, slab_z=slab_z).predict(x)["prob"]
+        assert float(np.abs(slabbed - whole).max()) <= 1e-5
+
+
+def test_a_halo_too_small_would_be_visible(exported_dir, rng):
+    """The exactness test can fail: with the tail's halo cut to 2 the slab seams differ."""
+    from flare_seg.engines import load_exported
+
+    x = rng.uniform(-1, 1, (1, 64, 32, 32, 1)).astype(np.float32)
+    whole = load_exported(exported_dir / "loc", LocalizerConfig, "onnxruntime", slab_z=64).predict(x)["logits"]
+    cut = load_exported(exported_dir / "loc", LocalizerConfig, "onnxruntime", slab_z=8)
+    cut.predict.__self__.pieces["tail"]["halo_z"] = 2
+    assert float(np.abs(cut.predict(x)["logits"] - whole).max()) > 1e-4
+
+
+def test_bundled_weights_ship_their_exported_pieces_and_they_agree_with_keras(rng):
+    from flare_seg.engines import load_exported, read_export_record
+    from flare_seg.predict import default_model_dir
+
+    model_dir = default_model_dir()
+    x = rng.uniform(-1, 1, (1, 32, 32, 32, 1)).astype(np.float32)
+    for net, cls, output in NETS:
+        read_export_record(model_dir / net)  # raises if the export is stale
+        expected = _keras_output(model_dir / net, cls, x, output)
+        got = load_exported(model_dir / net, cls, "openvino", slab_z=8).predict(x)[output]
+        assert float(np.abs(got - expected).max()) <= 1e-5 * max(1.0, float(np.abs(expected).max()))
+
+
+def test_a_stale_export_is_refused(exported_dir, tmp_path):
+    import shutil
+
+    from flare_seg.engines import load_exported
+
+    stale = tmp_path / "loc"
+    shutil.copytree(exported_dir / "loc", stale)
+    with open(stale / "model.weights.h5", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ValueError, match="stale export"):
+        load_exported(stale, LocalizerConfig, "openvino")
+    with pytest.raises(ValueError, match="fp32 only"):
+        load_exported(exported_dir / "loc", LocalizerConfig, "onnxruntime", precision="bf16")
+
+
+def test_openvino_cache_is_keyed_by_weights_precision_and_version(tmp_path, monkeypatch):
+    from flare_seg.engines.openvino import cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    a = cache_dir("a" * 64, "fp32", "2026.4.1")
+    assert a.parent.parent.parent == tmp_path / "flare-seg"
+    assert len({a, cache_dir("b" * 64, "fp32", "2026.4.1"), cache_dir("a" * 64, "bf16", "2026.4.1"),
+                cache_dir("a" * 64, "fp32", "2026.5.0")}) == 4
+
+
+NO_TF_SCRIPT = textwrap.dedent("""
+    import sys
+    from flare_seg.cli.main import main
+    rc = main(sys.argv[1:])
+    heavy = sorted(m for m in ("tensorflow", "keras", "jax", "torch") if m in sys.modules)
+    print("HEAVY", heavy)
+    sys.exit(rc)
+""")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_predict_on_an_exported_engine_imports_no_tensorflow_or_keras(exported_dir, tmp_path, engine):
+    from flare_seg import io
+    from flare_seg.geometry import Geometry
+
+    array = np.full((24, 40, 40), -1000, np.int16)
+    array[6:18, 10:30, 10:30] = 60
+    io.write_image(array, Geometry(array.shape, (6.0, 6.0, 6.0)), tmp_path / "case_0000.nii.gz")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    case = str(tmp_path / "case_0000.nii.gz")
+    proc = subprocess.run([sys.executable, "-c", NO_TF_SCRIPT, "predict", "-q", "-i", case, "-o", str(tmp_path / "out"),
+                           "-m", str(exported_dir), "--engine", engine,
+                           "--report", str(tmp_path / "report.json"), "--no-progress"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "HEAVY []" in proc.stdout, proc.stdout
+    labels, geometry, _ = io.read_image(tmp_path / "out" / "case.nii.gz")
+    assert geometry.shape == array.shape and labels.dtype == np.uint8
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["provenance"]["engine"]["engine"] == engine
