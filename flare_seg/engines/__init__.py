@@ -126,4 +126,4 @@ def load_exported(folder: str | Path, expected: type, engine: str, precision: st
         trim_heap()
 
     net = SplitNet(record, run_piece, slab_z or DEFAULT_SLAB_Z, release)
-    return LoadedModel(config, None, net.predict, record["source_weights"]["sha256"], str(folder), info)
+    return LoadedModel(config, None, net.predict, record["source_weights"]["sha256"], str(folder), engine_info=info)
