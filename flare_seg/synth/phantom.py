@@ -49,7 +49,7 @@ from flare_seg.synth.tissues import (  # noqa: F401  (public names re-exported)
 log = logging.getLogger(__name__)
 
 __all__ = ["PHASES", "PHASE_HU", "REAL_SLAB_MEAN_HU", "STATIC_HU", "PhantomConfig", "make_phantom",
-           "organ_mean_hu", "phantom_from_label_map"]
+           "make_tissue_map", "organ_mean_hu", "phantom_from_label_map"]
 
 
 @dataclass
@@ -106,6 +106,18 @@ def make_phantom(rng: np.random.Generator, shape_zyx=(200, 512, 512), spacing_mm
     log.debug("phantom %s at %s mm, %s phase: anatomy %.2fs, render %.2fs", cv.shape, tuple(spacing_mm),
               phase, t1 - t0, time.perf_counter() - t1)
     return ct, LABEL_LUT[cv.tissue]
+
+
+def make_tissue_map(rng: np.random.Generator, shape_zyx=(72, 96, 96), spacing_mm=(4.0, 4.0, 4.0),
+                    config: PhantomConfig | None = None, field_of_view_shift_mm=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """The parametric body's tissue map (uint8 tissue codes of :mod:`flare_seg.synth.tissues`), not rendered:
+    the label map the domain-randomised generator gives random intensities. ``render.LABEL_LUT`` maps
+    it to FLARE labels."""
+    cfg = config or PhantomConfig()
+    anat = _draw_anatomy(rng, cfg)
+    cv = Canvas(shape_zyx, spacing_mm, field_of_view_shift_mm)
+    _paint_anatomy(cv, anat)
+    return cv.tissue
 
 
 def organ_mean_hu(ct_hu: np.ndarray, labels: np.ndarray) -> dict[str, float]:
