@@ -76,6 +76,7 @@ class GeneratedCase:
     labels: np.ndarray  # uint8 FLARE labels
     generation: np.ndarray  # uint8 generation labels
     spacing_mm: tuple[float, float, float]
+    mean_hu: np.ndarray  # float32 mean HU drawn for each generation label
     info: dict
 
 
@@ -251,4 +252,4 @@ def generate(rng: np.random.Generator, lm: LabelMap, cfg: DomainRandConfig | Non
     lo, hi = cfg.window_hu if info["windowed"] else (-1024.0, 3071.0)
     np.clip(image, lo, hi, out=image)
     spacing = (float(cfg.work_spacing_mm),) * 3
-    return GeneratedCase(image, flare, gen, spacing, info)
+    return GeneratedCase(image, flare, gen, spacing, mean, info)
