@@ -117,8 +117,7 @@ def deform(rng: np.random.Generator, lm: LabelMap, cfg: DomainRandConfig) -> np.
         c /= np.float32(spacing[i])
         c += np.float32((labels.shape[i] - 1) / 2.0)
         coords[i] = c
-    outside = int(lm.num_labels - 1)
-    return ndi.map_coordinates(labels, coords, order=0, mode="constant", cval=outside).astype(np.uint8)
+    return ndi.map_coordinates(labels, coords, order=0, mode="constant", cval=lm.outside).astype(np.uint8)
 
 
 def fov_cut(rng: np.random.Generator, flare: np.ndarray, cfg: DomainRandConfig) -> tuple[tuple[slice, ...], str]:

@@ -75,6 +75,7 @@ class LabelMap:
     spacing_mm: tuple[float, float, float]
     to_flare: np.ndarray  # uint8 (n_labels,): FLARE label of each generation label
     tissue: np.ndarray  # int (n_labels,): index into TISSUES of each generation label
+    outside: int  # the generation label of space outside the map (air)
 
     @property
     def num_labels(self) -> int:
@@ -107,7 +108,7 @@ def with_body_and_air(name, labels, spacing_mm, to_flare, tissue, body_margin_mm
     lut_tissue = np.full(n + 2, TISSUES.index("body"), np.int16)
     lut_tissue[: len(tissue)] = tissue
     lut_tissue[air_label] = TISSUES.index("air")
-    return LabelMap(name, out, tuple(float(s) for s in spacing_mm), lut_flare, lut_tissue)
+    return LabelMap(name, out, tuple(float(s) for s in spacing_mm), lut_flare, lut_tissue, air_label)
 
 
 def totalseg_tables(names: dict[int, str]) -> tuple[np.ndarray, np.ndarray]:
@@ -164,5 +165,4 @@ def phantom_label_map(rng: np.random.Generator, name: str, shape_zyx=(72, 96, 96
     tissue_map = make_tissue_map(rng, shape_zyx, spacing_mm, field_of_view_shift_mm=shift_mm)
     n = len(_PHANTOM_TISSUE)
     tissue = _tissue_index(_PHANTOM_TISSUE)
-    # code 0 (AIR) is the phantom's own outside: keep it as a structure, body/air labels stay unused mostly
-    return LabelMap(name, tissue_map, tuple(float(s) for s in spacing_mm), LABEL_LUT[:n].copy(), tissue)
+    return LabelMap(name, tissue_map, tuple(float(s) for s in spacing_mm), LABEL_LUT[:n].copy(), tissue, 0)
