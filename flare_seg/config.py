@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flare_seg import __version__
+from flare_seg.synth.domain_rand import DomainRandConfig
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,14 @@ class DataConfig:
     #: Sampling weight of each ``data`` folder (same order); empty = every case equally likely.
     #: A folder's cases share its weight, so a small folder is not drowned by a large one.
     data_weights: tuple[float, ...] = ()
+    #: SynthSeg-style generation (:mod:`flare_seg.synth.domain_rand`) from the bundled label maps when set;
+    #: cached cases (``data``, ``synthetic``) are then mixed in at ``generated_cached_fraction``.
+    domain_rand: DomainRandConfig | None = None
+    generated_phantom_maps: int = 0  # parametric phantom tissue maps added to the label-map pool
+    generated_cached_fraction: float = 0.2
+    #: JSON list of real validation CTs ({"name", "image", "label" or null, "organs"}), see
+    #: :mod:`flare_seg.training.real_val`; scored at every validation and used for best-checkpoint selection.
+    real_val: str | None = None
 
     #: Keys of the flat ``data.json`` written before this dataclass existed.
     LEGACY_KEYS = {"synthetic_shape": "synthetic_shape_zyx", "synthetic_spacing": "synthetic_spacing_mm"}

@@ -229,3 +229,27 @@ def test_interval_means_undo_keras_running_means():
     first = training.interval_means(0, {}, 2, {"loss": running[1]})
     second = training.interval_means(2, {"loss": running[1]}, 6, {"loss": running[5]})
     assert first["loss"] == pytest.approx(4.5) and second["loss"] == pytest.approx(losses[2:].mean())
+
+
+def test_generated_pool_and_real_ct_signal_in_the_loop(tmp_path, blobs):
+    """A run on generated samples logs the real-CT signal at each validation and selects by it."""
+    from flare_seg.synth.domain_rand import DomainRandConfig
+    from flare_seg.synth.label_maps import phantom_label_map
+    from flare_seg.training.generated import GeneratedPool
+    from flare_seg.training.real_val import RealCase, selection_score
+
+    seg, train = seg_setup(steps=4, validate_every=2, checkpoint_every=2)
+    lm = phantom_label_map(np.random.default_rng(0), "p0", (40, 48, 48), (6.0, 6.0, 6.0))
+    pool = GeneratedPool([lm], DomainRandConfig(work_spacing_mm=4.0, organ_margin_mm=20.0), blobs[:1], 0.5)
+    negative = TrainCase("neg", np.full((20, 24, 24), 40, np.int16), np.zeros((20, 24, 24), np.uint8), (4.0,) * 3)
+    real = [RealCase("blob", blobs[3], (1, 3)), RealCase("neg", negative, ())]
+    result = training.train(seg, train, pool, tmp_path / "gen", val_cases=blobs[2:3], progress=False, real_cases=real)
+    rows = [r for r in result.log_rows if "real_dsc_blob_liver" in r]
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    assert all("real_fp_ml_neg" in r and float(r["real_fp_ml_neg"]) >= 0 for r in rows)
+    best = json.loads((tmp_path / "gen" / "best.json").read_text())
+    scores = {int(r["step"]): selection_score(r) for r in rows}
+    assert best["selection_score"] == pytest.approx(max(scores.values()))
+    assert best["step"] == max(scores, key=scores.get)
+    header = (tmp_path / "gen" / "train_log.csv").read_text().splitlines()[0]
+    assert "real_dsc_blob_spleen" in header and "real_fp_ml_neg" in header

@@ -25,6 +25,7 @@ from flare_seg.config import (
     from_dict,
     load_config,
     replace,
+    to_dict,
 )
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--synthetic-chest", type=float, default=0.0, metavar="FRACTION",
                    help="fraction of phantoms viewing the chest above the diaphragm (no organs; teaches the "
                         "localizer to find nothing there)")
+    p.add_argument("--domain-rand", action="store_true",
+                   help="train on SynthSeg-style samples generated on the fly from the bundled real label maps "
+                        "(flare_seg.synth.domain_rand); cached cases (--data, --synthetic) are mixed in")
+    p.add_argument("--domain-rand-config", type=Path, metavar="JSON",
+                   help="DomainRandConfig settings overriding the per-network defaults")
+    p.add_argument("--generated-phantom-maps", type=int, default=_DATA.generated_phantom_maps, metavar="N",
+                   help="add N parametric phantom tissue maps to the generator's label maps")
+    p.add_argument("--generated-cached-fraction", type=float, default=_DATA.generated_cached_fraction,
+                   help="share of samples taken from the cached cases when generating (default 0.2)")
+    p.add_argument("--real-val", type=Path, metavar="JSON",
+                   help="real CTs scored at every validation and used for best-checkpoint selection "
+                        "(e.g. training/configs/real_val.json)")
     p.add_argument("--val-data", type=Path, help="validation dataset (folder or JSON)")
     p.add_argument("--val-synthetic", type=int, default=0, metavar="N", help="N held-out validation phantoms")
     p.add_argument("--folds", type=int, help="split the data into K seeded folds (paper: 4); saved as folds.json")
@@ -133,6 +146,19 @@ def _model_config(args, train_config: TrainConfig):
     return config
 
 
+def domain_rand_config(args):
+    """The generator's settings: SCN 2 mm crops around the organs, localizer 4 mm whole maps, then the JSON."""
+    if not getattr(args, "domain_rand", False):
+        return None
+    from flare_seg.synth.domain_rand import DomainRandConfig
+
+    default = DomainRandConfig(work_spacing_mm=2.0, organ_margin_mm=50.0) if args.net == "seg" else \
+        DomainRandConfig(work_spacing_mm=4.0, organ_margin_mm=None)
+    if args.domain_rand_config is None:
+        return default
+    return from_dict(DomainRandConfig, {**to_dict(default), **json.loads(args.domain_rand_config.read_text())})
+
+
 def data_config(args) -> DataConfig:
     """The data flags as a :class:`DataConfig` (defaults live there, not here)."""
     return DataConfig(data=tuple(str(p) for p in args.data), label_map=args.label_map, synthetic=args.synthetic,
@@ -140,7 +166,10 @@ def data_config(args) -> DataConfig:
                       synthetic_spacing_mm=tuple(args.synthetic_spacing),
                       synthetic_vary=args.synthetic_vary, synthetic_chest=args.synthetic_chest,
                       val_data=str(args.val_data) if args.val_data else None, val_synthetic=args.val_synthetic,
-                      data_weights=tuple(args.data_weights or ()))
+                      data_weights=tuple(args.data_weights or ()),
+                      domain_rand=domain_rand_config(args), generated_phantom_maps=args.generated_phantom_maps,
+                      generated_cached_fraction=args.generated_cached_fraction,
+                      real_val=str(args.real_val) if args.real_val else None)
 
 
 def _init_weights(path: Path | None) -> Path | None:
@@ -156,7 +185,7 @@ def _init_weights(path: Path | None) -> Path | None:
 def run(args) -> int:
     from flare_seg import runtime
     from flare_seg.training.carbon import CarbonWatcher
-    from flare_seg.training.cases import resolve_data_config, training_cases
+    from flare_seg.training.cases import real_validation_cases, resolve_data_config, training_cases
     from flare_seg.training.loop import train
 
     cfg = _train_config(args)
@@ -164,12 +193,13 @@ def run(args) -> int:
     runtime.configure_training(threads=args.threads, deterministic=True)
     data = resolve_data_config(args.out, data_config(args), args.resume)
     cases, val_cases = training_cases(data, cfg, args.out)
+    real_cases = real_validation_cases(data)
     log.info("training %s on %d cases, validating on %d, %d steps", type(model_config).__name__,
              len(cases), len(val_cases), cfg.steps)
     args.out.mkdir(parents=True, exist_ok=True)
     with CarbonWatcher(args.out, enabled=not args.no_carbon):
         result = train(model_config, cfg, cases, args.out, val_cases=val_cases, resume=args.resume,
-                       init_weights=_init_weights(args.init), progress=not args.no_progress)
+                       init_weights=_init_weights(args.init), progress=not args.no_progress, real_cases=real_cases)
     last = result.log_rows[-1] if result.log_rows else {}
     scores = ", ".join(f"{k[8:]} {float(v):.3f}" for k, v in last.items() if k.startswith("val_dsc_") and v != "")
     print(f"{args.out}: step {result.step}; EMA weights in {args.out / 'model.weights.h5'}"

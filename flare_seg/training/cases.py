@@ -68,11 +68,18 @@ def training_cases(data: DataConfig, cfg: TrainConfig, out: Path) -> tuple[list,
     spec = SyntheticSpec(data.synthetic_shape_zyx, data.synthetic_spacing_mm, data.synthetic_vary,
                          data.synthetic_chest)
     cases += synthetic_cases(data.synthetic, cfg.seed, TRAIN_STREAM, spec)
-    if not cases:
-        raise ValueError("no training data: give --data and/or --synthetic N")
+    if data.domain_rand is not None:  # fresh bodies from label maps, the cached cases mixed in
+        from flare_seg.training.generated import make_pool
+
+        net = "seg" if data.domain_rand.organ_margin_mm is not None else "loc"
+        cases = make_pool(data, cfg.seed, net, cases)
+    if not len(cases):
+        raise ValueError("no training data: give --data, --synthetic N and/or --domain-rand")
     val = load_dataset([Path(data.val_data)], data.label_map) if data.val_data else []
     val += synthetic_cases(data.val_synthetic, cfg.seed, VAL_STREAM, replace(spec, chest_fraction=0.0))
     if cfg.fold is not None:
+        if data.domain_rand is not None:
+            raise ValueError("--fold splits cached cases; it cannot be combined with --domain-rand")
         folds_path = Path(out) / "folds.json"
         if folds_path.exists():
             folds = json.loads(folds_path.read_text())
@@ -83,3 +90,12 @@ def training_cases(data: DataConfig, cfg: TrainConfig, out: Path) -> tuple[list,
         cases, held = split_fold(cases, folds, cfg.fold)
         val += held
     return cases, val
+
+
+def real_validation_cases(data: DataConfig) -> list:
+    """The real validation CTs of ``data.real_val`` (:mod:`flare_seg.training.real_val`), or none."""
+    if not data.real_val:
+        return []
+    from flare_seg.training.real_val import load_real_cases
+
+    return load_real_cases(data.real_val)

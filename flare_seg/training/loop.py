@@ -7,7 +7,8 @@ callbacks swap them in and out explicitly.
 
 A run folder holds: ``config.json`` (model, loadable by inference), ``train_config.json``,
 ``model.weights.h5`` (EMA weights, updated at every checkpoint), ``best.weights.h5`` (the EMA
-weights of the best mean validation DSC so far, with ``best.json``), ``checkpoint/`` (raw and EMA
+weights of the best selection score so far, with ``best.json``: the mean validation DSC, or with real
+validation CTs the rule of :func:`flare_seg.training.real_val.selection_score`), ``checkpoint/`` (raw and EMA
 weights, optimizer state, dropout seed states, step), ``train_log.csv``, ``curves.png``,
 ``carbon.json`` and, for cross-validation, ``folds.json``.
 """
@@ -70,6 +71,8 @@ class RunPaths:
 
 
 def make_sampler(model_config, train_config: TrainConfig, cases: list[TrainCase]):
+    if hasattr(cases, "make_sampler"):  # a generator pool (flare_seg.training.generated): fresh samples
+        return cases.make_sampler(model_config, train_config)
     from flare_seg.training.samplers import make_sampler as sampler_for
 
     return sampler_for(model_config, train_config, cases)
@@ -286,11 +289,11 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     fig, (ax_loss, ax_dsc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(steps, [float(r["loss"]) for r in rows], marker=".")
     ax_loss.set(xlabel="step", ylabel="training loss (interval mean)", title="loss")
-    keys = sorted({k for row in rows for k in row if k.startswith("val_dsc_")})
+    keys = sorted({k for row in rows for k in row if k.startswith(("val_dsc_", "real_dsc_"))})
     for key in keys:  # validation rows are a subset of the logged steps
         points = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
         if points:
-            ax_dsc.plot(*zip(*points, strict=True), marker=".", label=key[len("val_dsc_"):])
+            ax_dsc.plot(*zip(*points, strict=True), marker=".", label=key.removeprefix("val_dsc_"))
     ax_dsc.set(xlabel="step", ylabel="DSC (EMA weights)", ylim=(0, 1), title="validation")
     if ax_dsc.lines:
         ax_dsc.legend()
@@ -322,10 +325,12 @@ def interval_means(n0: int, means0: dict[str, float], n1: int, means1: dict[str,
     return {k: (n1 * m - n0 * means0.get(k, 0.0)) / max(n1 - n0, 1) for k, m in means1.items()}
 
 
-def _callbacks(run, paths, model_config, train_config, val_sampler, num_val, dataset, start_step, rows, writer):
+def _callbacks(run, paths, model_config, train_config, val_sampler, num_val, dataset, start_step, rows, writer,
+               real_cases=None):
     import keras
 
     from flare_seg.training.ema import swap_ema_weights
+    from flare_seg.training.real_val import selection_score, validate_real
 
     class Monitor(keras.callbacks.Callback):
         """Progress, interval loss, validation on EMA weights, checkpoints, CSV and PNG."""
@@ -352,15 +357,17 @@ def _callbacks(run, paths, model_config, train_config, val_sampler, num_val, dat
                 plot_curves(rows, paths.curves)
 
         def _keep_best(self, row):
-            """With the EMA weights swapped in: write them to best.weights.h5 when this validation's mean
-            DSC is the best so far (at every validation, checkpoint step or not; a mean of 0 counts)."""
-            score = mean_validation_dsc(row)
-            earlier = [mean_validation_dsc(r) for r in rows if int(r["step"]) != int(row["step"])]
+            """With the EMA weights swapped in: write them to best.weights.h5 when this validation's
+            selection score (real CT + phantoms, :func:`flare_seg.training.real_val.selection_score`; the
+            mean phantom DSC without real cases) is the best so far, at every validation; a score of 0 counts."""
+            score = selection_score(row)
+            earlier = [selection_score(r) for r in rows if int(r["step"]) != int(row["step"])]
             if score is None or any(s is not None and s > score for s in earlier):
                 return
             with atomic_path(paths.best) as tmp:
                 writer.save(self.model, tmp)
-            atomic_write_text(paths.root / "best.json", json.dumps({"step": int(row["step"]), "mean_val_dsc": score}))
+            atomic_write_text(paths.root / "best.json", json.dumps(
+                {"step": int(row["step"]), "mean_val_dsc": mean_validation_dsc(row), "selection_score": score}))
 
         def _log_row(self, step):
             elapsed = time.perf_counter() - self.t_interval
@@ -368,11 +375,14 @@ def _callbacks(run, paths, model_config, train_config, val_sampler, num_val, dat
             row = {"step": step, **losses,
                    "steps_per_s": (self.batches - self.interval_start[0]) / max(elapsed, 1e-9),
                    "samples_per_s": dataset.samples / max(dataset.sample_seconds, 1e-9)}
-            if val_sampler is not None and step % train_config.validate_every == 0:
+            if (val_sampler is not None or real_cases) and step % train_config.validate_every == 0:
                 model = self.model
                 swap_ema_weights(model, model.optimizer)
                 try:
-                    row.update(validate(model, val_sampler, model_config, num_val))
+                    if val_sampler is not None:
+                        row.update(validate(model, val_sampler, model_config, num_val))
+                    if real_cases:  # the real-CT signal (flare_seg.training.real_val)
+                        row.update(validate_real(model, model_config, train_config, real_cases))
                     self._keep_best(row)
                 finally:
                     swap_ema_weights(model, model.optimizer)
@@ -416,6 +426,7 @@ def train(
     resume: bool = False,
     init_weights: str | Path | None = None,
     progress: bool = True,
+    real_cases: list | None = None,
 ) -> TrainResult:
     """Train ``model_config``'s network on ``train_cases`` into ``run_dir`` (see the module docstring)."""
     import keras
@@ -454,7 +465,7 @@ def train(
     run = _Progress(start_step, train_config.steps, progress)
     writer = WeightsWriter(model_config)
     callbacks = _callbacks(run, paths, model_config, train_config, val_sampler,
-                           len(val_cases or []), dataset, start_step, rows, writer)
+                           len(val_cases or []), dataset, start_step, rows, writer, real_cases)
     t0 = time.perf_counter()
     try:
         model.fit(dataset, epochs=1, verbose=0, callbacks=callbacks, shuffle=False)  # order = sample index
