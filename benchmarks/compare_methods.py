@@ -207,8 +207,10 @@ def parse_args(argv=None):
     p.add_argument("--part", choices=("methods", "partial", "all"), default="all")
     p.add_argument("--doc", type=Path, help="write the markdown tables here")
     p.add_argument("--forward", choices=tuple(ROWS), help=argparse.SUPPRESS)
-    p.add_argument("--render", action="store_true",
-                   help="only write the tables from the rows finished so far in --out (no training)")
+    p.add_argument("--render", nargs="*", type=Path, metavar="DIR",
+                   help="only write the tables from the rows finished so far in --out and these folders")
+    p.add_argument("--rows", nargs="+", choices=tuple(ROWS), help="train only these rows (parallel processes)")
+    p.add_argument("--full-run", type=Path, help="partial demo: the fully labelled SCN run to compare with")
     return p.parse_args(argv)
 
 
@@ -221,7 +223,8 @@ def run_methods(args, train, held) -> dict:
     from flare_seg.models import build_model, count_params
 
     rows = {}
-    for name, changes in ROWS.items():
+    for name in args.rows or ROWS:
+        changes = ROWS[name]
         config = trained_config(args, **changes)
         run = train_row(args.out / run_name(name), config, train, args)
         proc = subprocess.run([sys.executable, __file__, "--forward", name, "--threads", str(args.threads)],
@@ -256,7 +259,7 @@ def main(argv=None) -> int:
         print(json.dumps(forward(args.forward, args.threads)))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if args.render:
+    if args.render is not None:
         return render(args)
     from flare_seg.runtime import configure_training
 
@@ -269,19 +272,22 @@ def main(argv=None) -> int:
     if args.part in ("methods", "all"):
         results["methods"] = run_methods(args, train, held)
     if args.part in ("partial", "all"):
-        results["partial"] = run_partial(args, train, held,
-                                         train_row(args.out / run_name("SCN"), trained_config(args), train, args))
+        full = args.full_run or train_row(args.out / run_name("SCN"), trained_config(args), train, args)
+        results["partial"] = run_partial(args, train, held, full)
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     return write_tables(results, args)
 
 
 def render(args) -> int:
     """Tables from the rows finished so far (``methods_so_far.json``, ``partial_so_far.json``)."""
-    results = {}
-    for key in ("methods", "partial"):
-        path = args.out / f"{key}_so_far.json"
-        if path.exists():
-            results[key] = json.loads(path.read_text())
+    results: dict = {}
+    for folder in [args.out, *args.render]:
+        for key in ("methods", "partial"):
+            path = folder / f"{key}_so_far.json"
+            if path.exists():
+                results.setdefault(key, {}).update(json.loads(path.read_text()))
+    if "methods" in results:
+        results["methods"] = {name: results["methods"][name] for name in ROWS if name in results["methods"]}
     return write_tables(results, args)
 
 
