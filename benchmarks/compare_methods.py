@@ -35,6 +35,7 @@ ROWS = {"SCN": {}, "U-Net": {"architecture": "unet"}, "attention U-Net": {"archi
         "SCN + anatomical attention": {"anatomical_attention": True}}
 FORWARD_SIZE = (160, 128, 160)
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = [SHARED]  # --shared-data replaces it
 CPU = "AMD EPYC (Zen 3, family 25 model 1), AVX2, no AVX-512/BF16/AMX, 2 cores shared"
 
 
@@ -123,12 +124,16 @@ def score(segmenter, image_hu, labels, geometry) -> dict:
     return scores
 
 
-def real_cases() -> list[tuple[str, Path, Path]]:
-    found = [("amos_0018", SHARED / "amos_0018" / "amos_0018_ct_windowed.nii.gz",
-              SHARED / "amos_0018" / "amos_0018_labels_flare.nii.gz"),
-             ("slab", SHARED / "upper_abdomen_slab" / "ct.nii.gz",
-              SHARED / "upper_abdomen_slab" / "labels_flare_pseudo.nii.gz")]
-    return [c for c in found if c[1].exists() and c[2].exists()]
+def real_cases(shared: Path = SHARED) -> list[tuple[str, Path, Path]]:
+    """The shared real CTs that exist under ``shared`` (missing ones are logged and left out)."""
+    found = [("amos_0018", shared / "amos_0018" / "amos_0018_ct_windowed.nii.gz",
+              shared / "amos_0018" / "amos_0018_labels_flare.nii.gz"),
+             ("slab", shared / "upper_abdomen_slab" / "ct.nii.gz",
+              shared / "upper_abdomen_slab" / "labels_flare_pseudo.nii.gz")]
+    missing = [c[0] for c in found if not (c[1].exists() and c[2].exists())]
+    if missing:
+        log.warning("real CTs not found under %s, left out: %s", shared, ", ".join(missing))
+    return [c for c in found if c[0] not in missing]
 
 
 def evaluate_row(run: Path, held) -> dict:
@@ -138,7 +143,7 @@ def evaluate_row(run: Path, held) -> dict:
     segmenter = segmenter_for(run)
     result = {"phantoms": [score(segmenter, c.image_hu, c.labels, Geometry(c.image_hu.shape, c.spacing_mm))
                            for c in held]}
-    for name, ct, gt in real_cases():
+    for name, ct, gt in real_cases(SHARED_DATA[0]):
         volume = io.read_ct(ct)
         labels, _, _ = io.read_image(gt)
         result[name] = [score(segmenter, volume.array, labels.astype(np.uint8), volume.geometry)]
@@ -160,7 +165,7 @@ def _methods_md(rows: dict, args) -> list[str]:
         f = row["forward"]
         lines.append(f"| {name} | {f['params']:,} | {row['gflop']:.1f} | {f['forward_s']:.2f} | "
                      f"{f['peak_rss_bytes'] / 1e9:.2f} | {row['trained_params']:,} | {row['train_seconds']:.0f} |")
-    for part in ("phantoms", *[c[0] for c in real_cases()]):
+    for part in [p for p in ("phantoms", "amos_0018", "slab") if p in next(iter(rows.values()))["scores"]]:
         n = len(next(iter(rows.values()))["scores"].get(part, []))
         lines += ["", f"**{part}** ({n} case{'s' if n != 1 else ''}): DSC / NSD (1 mm) / precision / recall per organ "
                   "(fractions, mean over cases), far false positives (ml more than 20 mm from the organ, summed)",
@@ -207,8 +212,11 @@ def parse_args(argv=None):
     p.add_argument("--part", choices=("methods", "partial", "all"), default="all")
     p.add_argument("--doc", type=Path, help="write the markdown tables here")
     p.add_argument("--forward", choices=tuple(ROWS), help=argparse.SUPPRESS)
-    p.add_argument("--render", action="store_true",
-                   help="only write the tables from the rows finished so far in --out (no training)")
+    p.add_argument("--render", nargs="*", type=Path, metavar="DIR",
+                   help="only write the tables from the rows finished so far in --out and these folders")
+    p.add_argument("--shared-data", type=Path, default=SHARED, help="shared real data folder (default %(default)s)")
+    p.add_argument("--rows", nargs="+", choices=tuple(ROWS), help="train only these rows (parallel processes)")
+    p.add_argument("--full-run", type=Path, help="partial demo: the fully labelled SCN run to compare with")
     return p.parse_args(argv)
 
 
@@ -221,7 +229,8 @@ def run_methods(args, train, held) -> dict:
     from flare_seg.models import build_model, count_params
 
     rows = {}
-    for name, changes in ROWS.items():
+    for name in args.rows or ROWS:
+        changes = ROWS[name]
         config = trained_config(args, **changes)
         run = train_row(args.out / run_name(name), config, train, args)
         proc = subprocess.run([sys.executable, __file__, "--forward", name, "--threads", str(args.threads)],
@@ -256,7 +265,8 @@ def main(argv=None) -> int:
         print(json.dumps(forward(args.forward, args.threads)))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if args.render:
+    SHARED_DATA[0] = args.shared_data
+    if args.render is not None:
         return render(args)
     from flare_seg.runtime import configure_training
 
@@ -269,19 +279,22 @@ def main(argv=None) -> int:
     if args.part in ("methods", "all"):
         results["methods"] = run_methods(args, train, held)
     if args.part in ("partial", "all"):
-        results["partial"] = run_partial(args, train, held,
-                                         train_row(args.out / run_name("SCN"), trained_config(args), train, args))
+        full = args.full_run or train_row(args.out / run_name("SCN"), trained_config(args), train, args)
+        results["partial"] = run_partial(args, train, held, full)
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     return write_tables(results, args)
 
 
 def render(args) -> int:
     """Tables from the rows finished so far (``methods_so_far.json``, ``partial_so_far.json``)."""
-    results = {}
-    for key in ("methods", "partial"):
-        path = args.out / f"{key}_so_far.json"
-        if path.exists():
-            results[key] = json.loads(path.read_text())
+    results: dict = {}
+    for folder in [args.out, *args.render]:
+        for key in ("methods", "partial"):
+            path = folder / f"{key}_so_far.json"
+            if path.exists():
+                results.setdefault(key, {}).update(json.loads(path.read_text()))
+    if "methods" in results:
+        results["methods"] = {name: results["methods"][name] for name in ROWS if name in results["methods"]}
     return write_tables(results, args)
 
 
