@@ -214,7 +214,7 @@ def test_training_cli_on_phantoms_writes_every_output(tmp_path, monkeypatch):
     # measured only where this machine exposes RAPL; otherwise labelled an estimate, never "rapl"
     assert carbon["energy_source"] == ("rapl" if carbon_module.RAPL_PATH.exists() else "tdp_estimate")
     assert carbon["energy_kwh"] is None or carbon["energy_kwh"] >= 0
-    assert json.loads((run / "data.json").read_text())["synthetic_shape"] == [24, 48, 48]
+    assert json.loads((run / "data.json").read_text())["config"]["synthetic_shape_zyx"] == [24, 48, 48]
     # resume extends the same run with its saved settings and data; other data flags are refused
     assert cli(["train", "--out", str(run), "--resume", "--steps", "4", "--synthetic", "3",
                 "--no-carbon", "--no-progress"]) != 0
