@@ -42,7 +42,7 @@ def run_case(case: str, model_dir) -> dict:
     from flare_seg.predict import Segmenter
 
     array, geometry = _volume(case)
-    segmenter = Segmenter.load(model_dir, device="cpu")
+    segmenter = Segmenter.load(model_dir, device="cpu", engine="tensorflow")  # FLOPs need the Keras model
     segmenter.segment(array, geometry)  # warm-up: traces both networks for these sizes
     rss_before = process_tree_rss_bytes(include_children=False)  # runtime + models + input volume
     peak_before = peak_rss_bytes()  # phantom generation and the warm-up run

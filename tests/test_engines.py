@@ -157,3 +157,10 @@ def test_predict_on_an_exported_engine_imports_no_tensorflow_or_keras(exported_d
     assert geometry.shape == array.shape and labels.dtype == np.uint8
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["provenance"]["engine"]["engine"] == engine
+
+
+def test_label_counts_in_chunks_equal_bincount(rng):
+    from flare_seg.predict import label_counts
+
+    labels = rng.integers(0, 5, (7, 9, 11)).astype(np.uint8)
+    np.testing.assert_array_equal(label_counts(labels, 5, chunk_voxels=50), np.bincount(labels.ravel(), minlength=5))

@@ -31,6 +31,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # the phantom alone takes ~1 min on 2 idle cores (10 min at load 25)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss is in kB on Linux")
 def test_a_512x512x300_case_stays_under_one_gib_in_a_whole_process(tmp_path):
     from flare_seg import io
