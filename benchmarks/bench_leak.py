@@ -3,6 +3,7 @@
 
     python benchmarks/bench_leak.py                    # 30 cases, bundled weights
     python benchmarks/bench_leak.py --cases 30 --model-dir weights --json leak.json
+    python benchmarks/bench_leak.py --tiny             # tiny random networks: the pipeline's own memory
 
 The cases are small phantoms of three sizes in turn (so every network graph exists after the third
 case; a leak is growth beyond that). It prints the process RSS after every case and the ratio of
@@ -35,6 +36,27 @@ def write_cases(folder: Path, count: int) -> None:
         io.write_image(ct, Geometry(shape, SPACING_MM), folder / f"leak{i:03d}_0000.nii.gz")
 
 
+def write_tiny_models(root: Path) -> Path:
+    """loc/ and seg/ with randomly initialised small networks (the tests' configs), sha256 files."""
+    import keras
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import tiny_configs
+
+    from flare_seg import atomic
+    from flare_seg.config import save_config
+    from flare_seg.models import build_model
+    from flare_seg.predict import sha256_of
+
+    keras.utils.set_random_seed(0)
+    for name, config in zip(("loc", "seg"), tiny_configs(), strict=True):
+        (root / name).mkdir()
+        save_config(config, root / name / "config.json")
+        build_model(config).save_weights(root / name / "model.weights.h5")
+        atomic.write_text(root / name / "model.weights.h5.sha256", sha256_of(root / name / "model.weights.h5") + "\n")
+    return root
+
+
 def measure(count: int, model_dir) -> dict:
     from flare_seg import predict
     from flare_seg.instrument import process_tree_rss_bytes
@@ -45,6 +67,7 @@ def measure(count: int, model_dir) -> dict:
     def run_one_and_sample(*args, **kwargs):  # RSS once the case is done and its arrays are released
         record = real_run_one(*args, **kwargs)
         rss_mib.append(process_tree_rss_bytes(include_children=False) / 2**20)
+        print(f"case {len(rss_mib):3d}: RSS {rss_mib[-1]:8.1f} MiB", flush=True)
         return record
 
     predict._run_one = run_one_and_sample
@@ -65,14 +88,16 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", type=int, default=30)
     p.add_argument("--model-dir", type=Path, help="loc/ + seg/ (default: bundled weights)")
+    p.add_argument("--tiny", action="store_true", help="tiny random networks (as the tests use) instead")
     p.add_argument("--json", type=Path, help="write the result here")
     args = p.parse_args(argv)
     if args.cases < 4:
         p.error("--cases must be at least 4")
     sys.path.insert(0, str(ROOT))
-    result = measure(args.cases, args.model_dir)
-    for i, value in enumerate(result["rss_mib_after_case"], 1):
-        print(f"case {i:3d}: RSS {value:8.1f} MiB")
+    with tempfile.TemporaryDirectory(prefix="flare-seg-tiny-") as tiny:
+        model_dir = write_tiny_models(Path(tiny)) if args.tiny else args.model_dir
+        result = measure(args.cases, model_dir)
+    result["networks"] = "tiny random" if args.tiny else str(args.model_dir or "bundled")
     print(f"RSS after the last case / after the third: {result['last_over_third']:.4f} (target <= 1.05); "
           f"failed cases: {len(result['failed'])}")
     if args.json:
