@@ -21,7 +21,10 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     TF_CPP_MIN_LOG_LEVEL=2
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir "tensorflow[and-cuda]>=2.16,<3" /wheels/*.whl \
+# [hospital] (DICOM-SEG, statistics) and [cluster] (Dask: the image is also a worker image)
+RUN for wheel in /wheels/flare_seg-*.whl; do \
+        pip install --no-cache-dir "tensorflow[and-cuda]>=2.16,<3" "${wheel}[hospital,cluster]"; \
+    done \
     && rm -rf /wheels
 WORKDIR /workspace
 COPY inference/predict.sh inference/predict.py ./
