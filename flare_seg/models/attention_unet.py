@@ -17,7 +17,7 @@ from keras import layers
 
 from flare_seg.config import NetworkConfig, SegmenterConfig
 from flare_seg.models.layers import LinearUpSampling3D
-from flare_seg.models.unet import conv_block
+from flare_seg.models.unet import unet
 
 
 def attention_gate(skip, gating, intermediate: int, name: str, dtype=None):
@@ -33,21 +33,10 @@ def attention_gate(skip, gating, intermediate: int, name: str, dtype=None):
 
 def gated_unet(x, net: NetworkConfig, num_outputs: int, name: str, gates: bool, dtype=None):
     """:func:`flare_seg.models.unet.unet` with (``gates``) or without attention gates on the skips."""
-    skips = []
-    for level in range(net.levels):
-        if level > 0:
-            x = layers.AveragePooling3D(2, name=f"{name}_pool{level}", dtype=dtype)(x)
-        x = conv_block(x, net.filters, net, f"{name}_down{level}", dtype)
-        skips.append(x)
-    x = conv_block(x, net.filters, net, f"{name}_up{net.levels - 1}", dtype)
-    for level in reversed(range(net.levels - 1)):
-        skip = attention_gate(skips[level], x, max(1, net.filters // 2), f"{name}_att{level}", dtype) \
-            if gates else skips[level]
-        x = LinearUpSampling3D(2, name=f"{name}_upsample{level}", dtype=dtype)(x)
-        x = layers.Concatenate(name=f"{name}_skip{level}", dtype=dtype)([skip, x])
-        x = conv_block(x, net.filters, net, f"{name}_up{level}", dtype)
-    return layers.Conv3D(num_outputs, 1, kernel_initializer="he_normal", name=f"{name}_logits",
-                         dtype="float32")(x)
+    def gate(skip, gating, level):
+        return attention_gate(skip, gating, max(1, net.filters // 2), f"{name}_att{level}", dtype)
+
+    return unet(x, net, num_outputs, name, dtype, skip_gate=gate if gates else None)
 
 
 def build_unet_segmenter(config: SegmenterConfig) -> keras.Model:

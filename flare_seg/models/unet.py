@@ -25,8 +25,11 @@ def conv_block(x, filters: int, net: NetworkConfig, name: str, dtype=None):
     return x
 
 
-def unet(x, net: NetworkConfig, num_outputs: int, name: str, dtype=None):
-    """Apply a U-Net to tensor ``x``; returns float32 logits with ``num_outputs`` channels."""
+def unet(x, net: NetworkConfig, num_outputs: int, name: str, dtype=None, skip_gate=None):
+    """Apply a U-Net to tensor ``x``; returns float32 logits with ``num_outputs`` channels.
+
+    ``skip_gate(skip, gating, level)``, if given, filters each skip connection with the coarser
+    level's features before the concatenation (seed 003's attention gates)."""
     skips = []
     for level in range(net.levels):
         if level > 0:
@@ -35,8 +38,9 @@ def unet(x, net: NetworkConfig, num_outputs: int, name: str, dtype=None):
         skips.append(x)
     x = conv_block(x, net.filters, net, f"{name}_up{net.levels - 1}", dtype)
     for level in reversed(range(net.levels - 1)):
+        skip = skips[level] if skip_gate is None else skip_gate(skips[level], x, level)
         x = LinearUpSampling3D(2, name=f"{name}_upsample{level}", dtype=dtype)(x)
-        x = layers.Concatenate(name=f"{name}_skip{level}", dtype=dtype)([skips[level], x])
+        x = layers.Concatenate(name=f"{name}_skip{level}", dtype=dtype)([skip, x])
         x = conv_block(x, net.filters, net, f"{name}_up{level}", dtype)
     return layers.Conv3D(num_outputs, 1, kernel_initializer="he_normal", name=f"{name}_logits",
                          dtype="float32")(x)
