@@ -5,9 +5,11 @@ initial weights for ~1/(1-decay) steps. Here the decay at step ``t`` is
 ``min(decay, (1 + t) / (10 + t))`` (as in TensorFlow's ``ExponentialMovingAverage(num_updates)``),
 written with ``keras.ops`` so it works under every backend. The paper's code uses decay 0.999.
 
-This module is the only place that touches Keras' private API (``_model_variables_moving_average``,
-``_update_model_variables_moving_average``, ``_trainable_variables``, ``_flatten_layers``); the Keras
-range these were tested with is pinned in ``setup.cfg``.
+Besides the exporter's graph walk (``flare_seg/export.py`` reads ``_keras_history`` and
+``_inbound_nodes`` to convert layer by layer), this module is the only place that touches Keras'
+private API (``_model_variables_moving_average``, ``_update_model_variables_moving_average``,
+``_trainable_variables``, ``_flatten_layers``); the Keras range these were tested with is pinned in
+``setup.cfg``.
 """
 
 from __future__ import annotations
@@ -57,6 +59,14 @@ def ema_variables(optimizer) -> list:
 def all_layers(model) -> list:
     """Every layer of ``model``, nested models' layers included (Keras' own traversal)."""
     return list(model._flatten_layers(include_self=False))
+
+
+def reset_ema_to_weights(model) -> None:
+    """After loading initial weights, start the EMA from them too (not from the random init)."""
+    inner = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    for var, average in zip(inner._trainable_variables, ema_variables(model.optimizer), strict=True):
+        if average is not None:
+            average.assign(var)
 
 
 def swap_ema_weights(model, optimizer) -> None:

@@ -451,7 +451,9 @@ def train(
         log.info("resuming %s at step %d", paths.root, start_step)
     elif init_weights is not None:
         load_network_weights(model, Path(init_weights))
-        swap_ema_weights_init(model)
+        from flare_seg.training.ema import reset_ema_to_weights
+
+        reset_ema_to_weights(model)
         log.info("initialised from %s", init_weights)
     rows = _read_log(paths.log_csv, start_step)
     remaining = train_config.steps - start_step
@@ -483,12 +485,3 @@ def train(
     result.samples_per_second = dataset.samples / max(dataset.sample_seconds, 1e-9)
     return result
 
-
-def swap_ema_weights_init(model) -> None:
-    """After loading initial weights, start the EMA from them too (not from the random init)."""
-    from flare_seg.training.ema import ema_variables
-
-    inner = getattr(model.optimizer, "inner_optimizer", model.optimizer)
-    for var, average in zip(inner._trainable_variables, ema_variables(model.optimizer), strict=True):
-        if average is not None:
-            average.assign(var)
