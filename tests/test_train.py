@@ -253,3 +253,21 @@ def test_generated_pool_and_real_ct_signal_in_the_loop(tmp_path, blobs):
     assert best["step"] == max(scores, key=scores.get)
     header = (tmp_path / "gen" / "train_log.csv").read_text().splitlines()[0]
     assert "real_dsc_blob_spleen" in header and "real_fp_ml_neg" in header
+
+
+def test_ema_starts_from_init_weights_not_the_random_init():
+    from flare_seg.training.ema import ema_variables, reset_ema_to_weights
+    from flare_seg.training.loop import compile_model
+
+    loc, _ = tiny_configs()
+    model = build_model(loc)
+    compile_model(model, loc, TrainConfig(steps=1))
+    model.optimizer.build(model.trainable_variables)
+    for var in model.trainable_variables:  # "loaded" weights, unlike the EMA's copy of the random init
+        var.assign(np.full(var.shape, 0.5, "float32"))
+    before = [v.numpy().copy() for v in ema_variables(model.optimizer) if v is not None]
+    assert not all(np.allclose(b, 0.5) for b in before)
+    reset_ema_to_weights(model)
+    for average in ema_variables(model.optimizer):
+        if average is not None:
+            np.testing.assert_array_equal(average.numpy(), 0.5)
