@@ -8,7 +8,7 @@ Each run is one fresh ``flare-seg predict`` process on a folder holding the same
 (512x512xN at 0.8x0.8x2.5 mm, the bundled weights): *cold* is the process's wall time for the
 first case (start, imports, model loading and first-call compilation included, measured from
 outside), *warm* the second case's own time in its report; *peak RSS* the whole process's
-(``ru_maxrss``). Agreement is the share of voxels whose label equals the TensorFlow fp32 run's.
+(``VmHWM``). Agreement is the share of voxels whose label equals the TensorFlow fp32 run's.
 A combination an engine does not support (ONNX Runtime bf16/fp16) is skipped.
 """
 import argparse
@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-CHILD = ("import resource, sys\nfrom flare_seg.cli.main import main\nrc = main(sys.argv[1:])\n"
-         "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(rc)\n")
+# VmHWM of the child's own image: ru_maxrss would carry this driver's peak across the exec.
+CHILD = ("import re, sys\nfrom flare_seg.cli.main import main\nrc = main(sys.argv[1:])\n"
+         "print('MAXRSS_KB', re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1))\n"
+         "sys.exit(rc)\n")
 
 
 def make_case(n_z: int, folder: Path) -> Path:
