@@ -8,9 +8,12 @@
    scored with :func:`flare_seg.evaluation.evaluate.evaluate_folder` under the FLARE21 and FLARE22 protocols.
 2. **Real slab** (``SHARED/upper_abdomen_slab``): DSC/NSD against its TotalSegmentator pseudo labels
    (liver, spleen, pancreas; the slab has no kidney: a predicted kidney is reported in ml).
-3. **Out of domain** (``SHARED/chest_out_of_domain``): organ voxels and ml found in the chest CT cut
+3. **Other real CTs**: ``SHARED/amos_0018`` (manual labels of all four organs; distributed windowed
+   to [-160, 240] HU), ``SHARED/liver_dome_3slice`` (liver) and ``SHARED/head_neck_negative`` (no
+   abdominal organ: organ ml found), the same cases and files as ``training/configs/real_val.json``.
+4. **Out of domain** (``SHARED/chest_out_of_domain``): organ voxels and ml found in the chest CT cut
    above the diaphragm (should be none) and in the two chest CTs reaching below it (informative).
-4. QC PNGs in ``OUT/qc`` (copied to ``--docs DIR`` when given).
+5. QC PNGs in ``OUT/qc`` (copied to ``--docs DIR`` when given).
 
 Outputs: ``OUT/results.json`` (everything, with provenance) and ``OUT/results.md`` (tables for the
 model card, also printed). Summaries are in percent (mean ± population std over cases, as
@@ -258,6 +261,47 @@ def chest_section(segmenter, shared: Path, out: Path) -> dict:
     return section
 
 
+#: (case, CT, labels or None, organs scored): the real CTs beyond the slab, as in training/configs/real_val.json
+REAL_CASES = (
+    ("amos_0018", "amos_0018/amos_0018_ct_windowed.nii.gz", "amos_0018/amos_0018_labels_flare.nii.gz",
+     ("liver", "kidney", "spleen", "pancreas")),
+    ("liver_dome", "liver_dome_3slice/ct.nii.gz", "liver_dome_3slice/labels_flare_liver_only.nii.gz", ("liver",)),
+    ("head_neck", "head_neck_negative/totalseg_s0003_ct.nii.gz", None, ()),
+)
+
+
+def real_cases_section(segmenter, shared: Path, out: Path) -> dict:
+    """amos_0018 and the liver dome: DSC/NSD of the organs their labels hold; head/neck: organ ml found."""
+    from flare_seg.evaluation.evaluate import evaluate_case
+
+    section = {}
+    for case, ct_rel, gt_rel, organs in REAL_CASES:
+        ct, gt = shared / ct_rel, (shared / gt_rel if gt_rel else None)
+        if not ct.is_file() or (gt is not None and not gt.is_file()):
+            log.warning("real CT %s: skipped, %s not found", case, ct if not ct.is_file() else gt)
+            section[case] = {"skipped": f"not found: {ct_rel}" + (f" / {gt_rel}" if gt_rel else "")}
+            continue
+        (out / "real").mkdir(parents=True, exist_ok=True)
+        result = _segment_file(segmenter, ct, out / "real" / f"{case}.nii.gz", out / "qc" / f"qc_{case}.png",
+                               f"{case} (prediction)")
+        result["organs"] = {}
+        if gt is None:
+            result["expected"] = "no abdominal organ (wrongly found volume)"
+        else:
+            gt_ml = _gt_volumes_ml(gt)
+            for row in evaluate_case(case, Path(result["prediction"]), gt, "flare21"):
+                if row["status"] != "ok":
+                    raise RuntimeError(f"{case} scoring failed: {row['message']}")
+                if row["organ"] in organs:
+                    result["organs"][row["organ"]] = {"gt_ml": gt_ml[row["organ"]], "dsc": row["dsc"],
+                                                      "nsd_flare21": row["nsd"],
+                                                      "pred_ml": result["organ_volumes_ml"][row["organ"]]}
+        section[case] = result
+        log.info("%s: %s", case, {o: round(e["dsc"], 3) for o, e in result["organs"].items()}
+                 or result["organ_volumes_ml"])
+    return section
+
+
 # ----------------------------------------------------------------------------- provenance
 def _cpu_model() -> str:
     try:
@@ -279,9 +323,9 @@ def machine_info() -> dict:
 
 
 def qc_pngs(results: dict) -> list[str]:
-    """The QC PNGs this run wrote (held-out phantom, slab, chest above the diaphragm)."""
+    """The QC PNGs this run wrote (held-out phantom, slab, other real CTs, chest above the diaphragm)."""
     chest = results["out_of_domain_chest"].get(CHEST_EMPTY.removesuffix(".nii.gz"), {})
-    entries = (results["held_out_phantoms"], results["real_slab"], chest)
+    entries = (results["held_out_phantoms"], results["real_slab"], *results.get("real_cases", {}).values(), chest)
     return [entry["qc_png"] for entry in entries if entry.get("qc_png")]
 
 
@@ -358,6 +402,21 @@ def _chest_md(section: dict) -> list[str]:
     return lines + [""]
 
 
+def _real_md(section: dict) -> list[str]:
+    lines = ["Other real CTs (flare21 protocol; DSC and NSD in percent, volumes in ml):", "",
+             "| Case | Organ | GT ml | predicted ml | DSC | NSD (1 mm) |", "|---|---|---|---|---|---|"]
+    for case, r in section.items():
+        if "skipped" in r:
+            lines.append(f"| {case} | skipped ({r['skipped']}) | | | | |")
+        elif not r["organs"]:
+            found = sum(r["organ_volumes_ml"].values())
+            lines.append(f"| {case} | any organ (none expected) | 0 | {found:.1f} | | |")
+        for organ, e in r.get("organs", {}).items():
+            lines.append(f"| {case} | {organ} | {e['gt_ml']:.1f} | {e['pred_ml']:.1f} | {100 * e['dsc']:.1f} | "
+                         f"{100 * e['nsd_flare21']:.1f} |")
+    return lines + [""]
+
+
 def results_markdown(results: dict) -> str:
     prov = results["provenance"]
     sha = ", ".join(f"{k} `{v[:16]}`" for k, v in prov["weights_sha256"].items())
@@ -367,7 +426,7 @@ def results_markdown(results: dict) -> str:
             f"({prov.get('device_name', '')}), {machine['cpu_count']} CPU cores ({machine['processor'] or '?'}), "
             f"{results['runtime_seconds']:.0f} s in all.", ""]
     body = (_held_out_md(results["held_out_phantoms"]) + _slab_md(results["real_slab"])
-            + _chest_md(results["out_of_domain_chest"]))
+            + _real_md(results.get("real_cases", {})) + _chest_md(results["out_of_domain_chest"]))
     return "\n".join(head + body)
 
 
@@ -397,6 +456,7 @@ def evaluate(args) -> dict:
     if not args.shared_data.is_dir():
         log.warning("shared data folder %s not found: real slab and chest CTs skipped", args.shared_data)
     results["real_slab"] = slab_section(segmenter, args.shared_data, args.out)
+    results["real_cases"] = real_cases_section(segmenter, args.shared_data, args.out)
     results["out_of_domain_chest"] = chest_section(segmenter, args.shared_data, args.out)
     results["qc_png"] = qc_pngs(results)
     results["qc_png_docs"] = copy_qc(results["qc_png"], args.docs)

@@ -44,8 +44,16 @@ def _check_protocol(section: dict, protocol: str, n_cases: int) -> None:
 def test_evaluate_weights_tiny_models(tiny_model_dir, tmp_path, capsys):
     script = _load_script()
     out, docs = tmp_path / "eval", tmp_path / "docs"
+    shared = tmp_path / "shared"  # the bundled real data, plus the slab standing in for amos_0018
+    shared.mkdir()
+    for folder in BUNDLED_DATA.iterdir():
+        (shared / folder.name).symlink_to(folder)
+    amos, slab_dir = shared / "amos_0018", BUNDLED_DATA / "upper_abdomen_slab"
+    amos.mkdir()
+    (amos / "amos_0018_ct_windowed.nii.gz").symlink_to(slab_dir / "ct.nii.gz")
+    (amos / "amos_0018_labels_flare.nii.gz").symlink_to(slab_dir / "labels_flare_pseudo.nii.gz")
     rc = script.main(["--model-dir", str(tiny_model_dir), "--out", str(out), "--fast", "--phantoms", "2",
-                      "--device", "cpu", "--docs", str(docs), "--no-progress", "--shared-data", str(BUNDLED_DATA)])
+                      "--device", "cpu", "--docs", str(docs), "--no-progress", "--shared-data", str(shared)])
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
     held = results["held_out_phantoms"]
@@ -75,6 +83,15 @@ def test_evaluate_weights_tiny_models(tiny_model_dir, tmp_path, capsys):
         assert slab["organs"][organ]["dsc"] == pytest.approx(metrics.dice(prediction == label, truth == label))
         assert slab["organs"][organ]["gt_ml"] > 0
 
+    real = results["real_cases"]  # amos_0018 (here the slab) scored on all four organs; absent cases skipped
+    amos, _, _ = io.read_image(out / "real" / "amos_0018.nii.gz")
+    assert np.array_equal(amos, prediction)
+    assert set(real["amos_0018"]["organs"]) == set(ORGANS)
+    assert real["amos_0018"]["organs"]["liver"]["dsc"] == pytest.approx(slab["organs"]["liver"]["dsc"])
+    assert "skipped" in real["head_neck"]
+    assert (docs / "qc_amos_0018.png").is_file()
+    assert "| amos_0018 | pancreas |" in markdown
+
 
 def test_evaluate_weights_without_shared_data(tiny_model_dir, tmp_path):
     script = _load_script()
@@ -85,4 +102,5 @@ def test_evaluate_weights_without_shared_data(tiny_model_dir, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert "skipped" in results["held_out_phantoms"]
     assert "skipped" in results["real_slab"] and "skipped" in results["out_of_domain_chest"]
+    assert all("skipped" in case for case in results["real_cases"].values())
     assert "skipped" in (out / "results.md").read_text()
