@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# As flare_seg.runtime does before TensorFlow starts: the in-process tests then compute with the same
+# kernels as the CLI subprocesses they are compared with (oneDNN is off by default on AMD CPUs).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 #: Real data shipped with the tests (cropped where large; sources and licences in its README.md).
 BUNDLED_DATA = Path(__file__).resolve().parent / "data"
