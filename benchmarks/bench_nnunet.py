@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_engines import make_case  # the same 512x512xN phantom (seed 2024) as the engine benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET_ID = 21
@@ -174,20 +175,6 @@ def nnunet_exe(nnunet_python: str | None) -> str:
     if predict and (Path(predict).parent / "python").exists():
         return str(Path(predict).parent / "python")
     sys.exit("no nnU-Net environment: give --nnunet-python (an interpreter with nnunetv2 and torch) or $NNUNET_PYTHON")
-
-
-def make_case(n_z: int, folder: Path) -> Path:
-    """The phantom bench_engines.py uses: 512x512xN at 0.8x0.8x2.5 mm, seed 2024."""
-    from flare_seg import io
-    from flare_seg.geometry import Geometry
-    from flare_seg.synth import phantom
-
-    path = folder / f"phantom{n_z}_0000.nii.gz"
-    if not path.exists():
-        ct, _ = phantom.make_phantom(np.random.default_rng(2024), shape_zyx=(n_z, 512, 512),
-                                     spacing_mm=(2.5, 0.8, 0.8))
-        io.write_image(ct, Geometry(ct.shape, (2.5, 0.8, 0.8)), path)
-    return path
 
 
 def as_nifti_gz(path: Path, folder: Path) -> Path:
