@@ -66,6 +66,33 @@ def test_exported_engines_agree_with_keras(exported_dir, tiny_model_dir, engine,
     assert float(np.abs(got - expected).max()) <= 1e-5 * max(1.0, float(np.abs(expected).max()))
 
 
+def test_openvino_releases_each_pieces_request_and_a_second_call_computes_the_same(exported_dir, rng):
+    """After a piece's last use its infer request (holding its last inputs and output) is dropped,
+    so RSS does not add up over pieces and cases; the next call gets a fresh request, same result."""
+    from flare_seg.engines.openvino import piece_runner
+    from flare_seg.engines.split import SplitNet
+
+    folder = exported_dir / "seg"
+    record = json.loads((folder / "export.json").read_text())
+    run_piece, release, _ = piece_runner(folder, record, "fp32", 1, use_cache=False)
+    released = []
+
+    def tracking_release(name):
+        released.append(name)
+        release(name)
+
+    net = SplitNet(record, run_piece, 8, tracking_release)
+    x = rng.uniform(-1, 1, (1, 32, 32, 32, 1)).astype(np.float32)
+    first = net.predict(x)["prob"].copy()
+    assert released == list(record["pieces"])  # every piece, once, in running order
+    cells = dict(zip(run_piece.__code__.co_freevars, (c.cell_contents for c in run_piece.__closure__), strict=True))
+    assert all(request is None for request in cells["requests"].values())  # nothing kept between calls
+    second = net.predict(x)["prob"]
+    assert np.array_equal(first, second)
+    other = net.predict(rng.uniform(-1, 1, x.shape).astype(np.float32))["prob"]
+    assert not np.array_equal(other, first)  # a fresh request computes, it does not replay
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_z_slabs_equal_the_untiled_net(exported_dir, engine, rng):
     """Slabs of 8 (interior halos on both sides, 8 slabs) against one slab (no halo: the untiled net)."""

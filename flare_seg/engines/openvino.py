@@ -65,10 +65,16 @@ def piece_runner(folder: Path, record: dict, precision: str, threads: int | None
 
     def run_piece(name: str, feeds: dict):
         request = requests[name]
+        if request is None:  # released after its last use: a fresh one (microseconds)
+            request = requests[name] = compiled[name].create_infer_request()
         request.infer(feeds)
         return request.get_output_tensor(0).data.copy()  # the request's buffer is reused by its next call
 
-    def release(name: str) -> None:  # a request keeps its largest buffers otherwise: RSS adds up over pieces
+    def release(name: str) -> None:
+        """Free a finished piece's memory: its intermediate buffers (``release_memory``) and the
+        request's own input and output tensors, which it keeps at their last (largest) size until
+        the next call otherwise; RSS would add up over the pieces and the cases."""
+        requests[name] = None
         compiled[name].release_memory()
 
     info = {"engine": "openvino", "engine_version": ov_version, "inference_precision": actual,
