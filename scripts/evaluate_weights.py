@@ -40,6 +40,7 @@ import numpy as np
 
 from flare_seg import atomic
 from flare_seg.cli.args import int_triple, triple
+from flare_seg.engines import ENGINES, PRECISIONS
 
 log = logging.getLogger("evaluate_weights")
 
@@ -71,6 +72,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--docs", type=Path, default=None, help="also copy the QC PNGs into this folder (e.g. docs/)")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="default auto (GPU if present)")
     p.add_argument("--threads", type=int, default=None, help="compute threads of the backend")
+    p.add_argument("--engine", choices=ENGINES, default=None,
+                   help="inference engine (default: as flare-seg predict chooses, OpenVINO on a CPU host)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="inference precision (default fp32); score bf16 against fp32 before making it a default")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     if args.phantoms < 0:
@@ -450,7 +455,8 @@ def evaluate(args) -> dict:
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "machine": machine_info(), "model_dir": str(model_dir),
                "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
-    segmenter = Segmenter.load(model_dir, device=args.device, threads=args.threads)
+    segmenter = Segmenter.load(model_dir, device=args.device, threads=args.threads, engine=args.engine,
+                               precision=args.precision)
     results["provenance"] = segmenter.provenance()
     results["held_out_phantoms"] = held_out_section(segmenter, args.out, args)
     if not args.shared_data.is_dir():
