@@ -5,11 +5,17 @@ channels-first layout, which ONNX convolutions use), then cut into *pieces* with
 extractor so the inference engines can run the full-resolution level of a U-Net in overlapping
 z-slabs (:mod:`flare_seg.engines.split`):
 
-* ``head``: image -> full-resolution down block -> first pooling (run in z-slabs);
-* ``core``: the coarser levels, whole (8x smaller per level);
-* ``tail``: image + the core's output -> down block again (recomputed, not stored), upsampling,
-  skip concatenation, full-resolution up block, logits (run in z-slabs);
-* ``post`` (SCN only): the spatial part at 1/4 resolution and the combination, whole.
+* ``head``: image -> full-resolution down block -> first pooling (run in z-slabs), and ``head2``
+  the same one level down (half resolution, z-slabs);
+* ``core``: the coarser levels (1/4 resolution and below), whole (8x smaller per level);
+* ``tail2``, ``tail``: a level's input + the coarser output -> its down block again (recomputed,
+  not stored), upsampling, skip concatenation, up block (and, at full resolution, the logits), in
+  z-slabs;
+* ``pool``, ``spatial``, ``combine`` (SCN only): the spatial part at 1/4 resolution whole, its
+  pooling and the combination in z-slabs.
+
+How many levels are slabbed is :data:`SPLIT_DEPTH`; an export records its pieces, so exports of
+an earlier depth still run.
 
 Spatial axes are dynamic (``z, y, x``) rather than one file per valid grid size: the SCN alone has
 100 valid sizes and the localizer several hundred, and the slabs add their own sizes. Both engines
@@ -161,20 +167,45 @@ def keras_to_onnx(model, output: str, graph_name: str):
     return proto
 
 
-def _split_plan(kind: str, config) -> dict:
-    """Pieces in running order: inputs -> output by tensor name, each input's z factor, slabbed or whole."""
+#: U-Net levels run in z-slabs (the finest ones), the coarser rest whole. With one level the
+#: half-resolution maps of the core (32 channels, up to 80x64x80, several alive at once) were the
+#: peak of a large case; with two the largest tensor the core holds is 1/4 resolution.
+SPLIT_DEPTH = 2
+
+
+def _split_plan(kind: str, config, depth: int = SPLIT_DEPTH) -> dict:
+    """Pieces in running order: inputs -> output by tensor name, each input's z factor, slabbed or whole.
+
+    Level ``d`` (``1 <= d <= depth``) gets a ``head`` piece (its input -> down block -> pooling)
+    and, on the way back, a ``tail`` piece (its input again + the coarser output -> down block
+    recomputed, upsampling, skip, up block); level 0's are ``head`` and ``tail``, level d's
+    ``head{d+1}`` / ``tail{d+1}``. ``core`` runs the levels below ``depth`` whole.
+    """
     prefix, net = ("loc", config.network) if kind == "localizer" else ("local", config.local)
-    if net.levels < 2:
-        raise ValueError(f"{kind}: a U-Net needs >= 2 levels to be split, got {net.levels}")
-    pool1, core_out, logits = f"{prefix}_pool1", f"{prefix}_up1_drop2", f"{prefix}_logits"
-    pieces = {"head": ({"image": 1}, pool1, True), "core": ({pool1: 2}, core_out, False),
-              "tail": ({"image": 1, core_out: 2}, logits, True)}
+    if not 1 <= depth < net.levels:
+        raise ValueError(f"{kind}: a {net.levels}-level U-Net splits at 1..{net.levels - 1} levels, got {depth}")
+
+    def level_input(level: int) -> str:
+        return "image" if level == 0 else f"{prefix}_pool{level}"
+
+    def suffix(level: int) -> str:
+        return "" if level == 0 else str(level + 1)
+
+    pieces = {}
+    for level in range(depth):
+        pieces[f"head{suffix(level)}"] = ({level_input(level): 2 ** level}, f"{prefix}_pool{level + 1}", True)
+    pieces["core"] = ({level_input(depth): 2 ** depth}, f"{prefix}_up{depth}_drop2", False)
+    for level in reversed(range(depth)):
+        out = f"{prefix}_logits" if level == 0 else f"{prefix}_up{level}_drop2"
+        pieces[f"tail{suffix(level)}"] = ({level_input(level): 2 ** level, f"{prefix}_up{level + 1}_drop2":
+                                           2 ** (level + 1)}, out, True)
+    logits = f"{prefix}_logits"
     if kind == "segmenter":  # the spatial part: pooling and combination per slab, the nets at 1/4 whole
         f = config.spatial_downsample
         pieces.update({"pool": ({"image": 1, logits: 1}, "spatial_stack", True),
                        "spatial": ({"spatial_stack": f}, "spatial_logits_small", False),
                        "combine": ({logits: 1, "spatial_logits_small": f}, OUTPUTS[kind], True)})
-    return {"prefix": prefix, "pieces": {
+    return {"prefix": prefix, "split_depth": depth, "pieces": {
         name: {"inputs": list(inputs), "input_z_factors": list(inputs.values()), "outputs": [output],
                "slabbed": slabbed, "z_axis": 1 if output == OUTPUTS[kind] else 2}
         for name, (inputs, output, slabbed) in pieces.items()}}

@@ -48,10 +48,15 @@ def test_export_writes_pieces_beside_config_and_a_record(exported_dir, tiny_mode
         assert (folder / "config.json").read_text() == (tiny_model_dir / net / "config.json").read_text()
         for piece in record["pieces"]:
             assert (folder / f"{piece}.onnx").is_file() and (folder / f"{piece}.xml").is_file()
-        # one 3x3x3 convolution = one voxel of context: head = 1 block, tail = 2 blocks of 2 convolutions
-        assert record["pieces"]["head"]["halo_z"] == 2 and record["pieces"]["tail"]["halo_z"] == 4
-    assert set(json.loads((exported_dir / "seg" / "export.json").read_text())["pieces"]) == {
-        "head", "core", "tail", "pool", "spatial", "combine"}
+        # one 3x3x3 convolution = one voxel of context at its resolution: head = 1 block, tail = 2
+        # blocks of 2 convolutions; head2 / tail2 the same at half resolution (x2), whole 4-voxel steps
+        halos = {name: piece["halo_z"] for name, piece in record["pieces"].items()}
+        assert (halos["head"], halos["head2"], halos["tail2"], halos["tail"]) == (2, 4, 8, 4)
+        assert record["split_depth"] == 2
+        assert [n for n, p in record["pieces"].items() if not p["slabbed"]] == (
+            ["core"] if net == "loc" else ["core", "spatial"])  # 1/4 resolution and coarser only
+    assert list(json.loads((exported_dir / "seg" / "export.json").read_text())["pieces"]) == [
+        "head", "head2", "core", "tail2", "tail", "pool", "spatial", "combine"]
 
 
 @pytest.mark.parametrize("engine", ENGINES)

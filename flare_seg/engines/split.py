@@ -1,14 +1,16 @@
-"""Run an exported network piece by piece: full-resolution level in overlapping z-slabs, the rest whole.
+"""Run an exported network piece by piece: the finest levels in overlapping z-slabs, the rest whole.
 
 The whole U-Net's receptive field is larger than its grid, so tiling the net cannot be exact; its
 full-resolution level alone sees only a few voxels per convolution. So (see :mod:`flare_seg.export`)
 ``head`` (down block + pooling) and ``tail`` (down block again, upsampled core output, skip, up
-block, logits) run per z-slab with ``halo_z`` voxels of context on each interior side, and their
+block, logits), and ``head2`` / ``tail2`` one level down (see :data:`flare_seg.export.SPLIT_DEPTH`),
+run per z-slab with ``halo_z`` voxels of context on each interior side, and their
 outputs are cropped to the slab: every kept voxel then saw exactly what it sees in the untiled
 net (where the slab meets the image border there is no halo, and the zero padding is the net's
-own). ``core`` (the coarser levels, 8x smaller per level) and ``post`` (the SCN's spatial part at
-1/4 resolution) run whole. The full-resolution 32- and 64-channel maps thus exist one slab at a
-time; the tail recomputes the down block rather than storing it at full size.
+own). ``core`` (1/4 resolution and coarser, 8x smaller per level) and ``spatial`` (the SCN's
+spatial nets at 1/4 resolution) run whole. The full- and half-resolution 32- and 64-channel maps
+thus exist one slab at a time; each tail recomputes its level's down block rather than storing it.
+Exports made with one slabbed level (``head``, ``core``, ``tail``) run unchanged.
 
 Engine-neutral: a piece is run by ``run_piece(name, feeds) -> array``; NumPy does the rest.
 """
@@ -19,9 +21,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-#: Slab thickness (full-resolution z voxels, even). Measured with OpenVINO on a 512x512x300 phantom
-#: (SCN grid 128x128x160), 2 loaded Zen 3 cores: whole-process peak RSS 0.96 GB at 8, 1.09 GB at 16,
-#: 1.8 GB untiled; the SCN forward was no slower at 8 (53 s vs 61 s on the loaded machine).
+#: Slab thickness in z voxels of a piece's own input resolution (even). Measured with OpenVINO on a
+#: 512x512x300 phantom (SCN grid 128x128x160), 2 loaded Zen 3 cores, one slabbed level: whole-process
+#: peak RSS 0.96 GB at 8, 1.09 GB at 16, 1.8 GB untiled; the SCN forward was no slower at 8 (53 s vs
+#: 61 s on the loaded machine). Two slabbed levels (Zen 4, 2026-12-02): 0.81 GB at 300 slices.
 DEFAULT_SLAB_Z = 8
 
 
@@ -67,8 +70,10 @@ class SplitNet:
         """Run piece ``name`` per z-slab (inputs at their z factors) and assemble the cropped outputs."""
         piece = self.pieces[name]
         align, f_out, axis = int(piece["align_z"]), int(piece["output_z_factor"]), int(piece["z_axis"])
-        slab = -(-self.slab_z // align) * align
         factors = dict(zip(piece["inputs"], piece["input_z_factors"], strict=True))
+        # slab_z voxels at the piece's own (finest input) resolution: a half-resolution level's
+        # slabs are as thick in its voxels as the full-resolution ones, so its halo recomputes as little
+        slab = -(-self.slab_z * min(factors.values()) // align) * align
         out = None
         for start, end, lo, hi in slabs(n_z, slab, int(piece["halo_z"])):
             y = self.run_piece(name, {k: a[:, :, lo // factors[k] : hi // factors[k]] for k, a in feeds.items()})
