@@ -307,7 +307,8 @@ def main() -> None:
     p.add_argument("--nnunet-python", help="interpreter with nnunetv2 + torch (default: $NNUNET_PYTHON or the "
                                            "python beside nnUNetv2_predict on PATH)")
     p.add_argument("--flare-engines", nargs="+", default=["default"],
-                   help="flare-seg engines to run: default (openvino on CPU), openvino, onnxruntime, tensorflow")
+                   help="flare-seg engines to run: default (openvino on CPU), openvino, onnxruntime, tensorflow; "
+                        "ENGINE/PRECISION for another precision (e.g. openvino/bf16)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="for both tools")
     p.add_argument("--seed", type=int, default=0, help="torch seed of the random nnU-Net weights")
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "flare_seg_bench_nnunet",
@@ -332,7 +333,10 @@ def main() -> None:
     nn_env = {**base_env, "nnUNet_raw": str(args.cache / "nnUNet_raw"),
               "nnUNet_preprocessed": str(args.cache / "nnUNet_preprocessed"),
               "nnUNet_results": str(args.cache / "nnUNet_results"), "nnUNet_compile": "false",
-              "nnUNet_def_n_proc": "1"}
+              # nnU-Net caps torch's threads at this during the sliding window
+              # (predict_logits_from_preprocessed_data), not only its worker processes: "1" ran it
+              # single-threaded while flare-seg had --threads; the workers are set by -npp/-nps
+              "nnUNet_def_n_proc": threads}
     for key in ("nnUNet_raw", "nnUNet_preprocessed"):
         Path(nn_env[key]).mkdir(exist_ok=True)
     flare_env = {**base_env, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -368,10 +372,11 @@ def main() -> None:
                                "--disable_progress_bar"]
                         env = nn_env
                     else:
-                        engine = tool.split(":", 1)[1]
+                        engine, _, precision = tool.split(":", 1)[1].partition("/")
                         cmd = [sys.executable, "-c", FLARE_CHILD, "predict", "-q", "-i", str(inputs), "-o", str(out),
                                "--device", "cpu", "--threads", threads, "--no-progress"]
                         cmd += [] if engine == "default" else ["--engine", engine]
+                        cmd += ["--precision", precision] if precision else []
                         env = flare_env
                     row = {"case": case.name, "size": size, "spacing_zyx_mm": spacing, "tool": tool,
                            "repeat": repeat, **run_tree(cmd, env, work / "log.txt", args.interval, args.timeout)}
