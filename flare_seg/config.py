@@ -193,10 +193,22 @@ class TrainConfig:
     hybrid_dice_weight: float = 1.0
     hybrid_focal_weight: float = 1.0
     focal_gamma: float = 2.0
+    #: Samples per optimizer step, over all devices together (the *global* batch; the paper: 1).
+    #: Step ``s`` trains on samples ``s * batch_size .. s * batch_size + batch_size - 1``, so batch 1
+    #: reads the same samples as runs saved before this field existed (their JSON loads with the default).
+    batch_size: int = 1
+    #: Multi-device strategy (``"mirrored"``; None: one device). Saved with the run, so ``--resume``
+    #: continues on the same strategy; ``--distribute none`` on resume turns it off.
+    distribute: str | None = None
 
     def __post_init__(self) -> None:
         if self.loss not in ("paper", "hybrid"):
             raise ValueError(f"loss must be 'paper' or 'hybrid', got {self.loss!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.batch_size > 1 and self.train_size_zyx is None:  # whole-ROI grids differ in size per sample
+            raise ValueError(f"batch_size {self.batch_size} needs train_size_zyx (--train-size): "
+                             "the samples of one batch must share a grid size")
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,7 @@ def _layer_node(g: _Graph, layer, inputs: list[str]) -> str:
         return _conv(g, layer, inputs[0])
     if kind == "LeakyReLU":
         return g.node("LeakyRelu", inputs, name, alpha=float(layer.negative_slope))
-    if kind in ("Dropout", "StopGradient"):  # identities at inference
+    if kind in ("Dropout", "GlobalBatchDropout", "StopGradient"):  # identities at inference
         return g.node("Identity", inputs, name)
     if kind == "Activation" and layer.activation.__name__ == "sigmoid":
         return g.node("Sigmoid", inputs, name)

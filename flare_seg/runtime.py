@@ -159,6 +159,20 @@ def configure_training(threads: int | None = None, deterministic: bool = True) -
             torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def replica_share():
+    """``(replicas, index)``: how many replicas share the global batch in this call, and which one
+    this is (a tensor under ``tf.distribute``). ``(1, 0)`` outside a multi-replica ``tf.distribute``
+    step and on every other backend: a JAX data-parallel step computes on the global batch."""
+    if backend_name() != "tensorflow":
+        return 1, 0
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()  # None in a cross-replica context
+    if context is None or context.num_replicas_in_sync == 1:
+        return 1, 0
+    return context.num_replicas_in_sync, context.replica_id_in_sync_group
+
+
 def compiled_predictor(model):
     """``f(x) -> dict of NumPy arrays``, compiled once per input shape (traced per valid size)."""
     import numpy as np

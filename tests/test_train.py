@@ -271,3 +271,36 @@ def test_ema_starts_from_init_weights_not_the_random_init():
     for average in ema_variables(model.optimizer):
         if average is not None:
             np.testing.assert_array_equal(average.numpy(), 0.5)
+
+
+class _IndexSampler:
+    """Sample ``i`` is an image full of ``i`` and a two-label target (what make_dataset stacks)."""
+
+    def sample(self, index):
+        return np.full((2, 3, 4), index, np.float32), np.zeros((2, 3, 4, 2), np.float32) + index
+
+
+def test_a_step_batches_consecutive_samples_and_batch_one_reads_sample_step():
+    batches = training.make_dataset(_IndexSampler(), ("prob", "local"), start_step=3, num_steps=2, workers=1,
+                                    batch_size=2)
+    x, targets = batches[1]  # step 4: samples 8 and 9
+    assert x.shape == (2, 2, 3, 4, 1) and x[:, 0, 0, 0, 0].tolist() == [8.0, 9.0]
+    assert targets["prob"].shape == (2, 2, 3, 4, 2) and targets["local"][:, 0, 0, 0, 0].tolist() == [8.0, 9.0]
+    single = training.make_dataset(_IndexSampler(), ("prob",), start_step=3, num_steps=2, workers=1)
+    x, targets = single[1]
+    assert x.shape == (1, 2, 3, 4, 1) and float(x.max()) == 4.0 and float(targets["prob"].max()) == 4.0
+    assert single.samples == 1 and batches.samples == 2
+
+
+def test_batch_size_defaults_to_one_for_older_runs_and_needs_fixed_crops():
+    from flare_seg.config import from_dict, to_dict
+
+    saved = to_dict(TrainConfig())
+    del saved["batch_size"]  # a train_config.json written before the field existed
+    assert from_dict(TrainConfig, saved).batch_size == 1
+    assert TrainConfig(batch_size=2, train_size_zyx=(8, 8, 8)).batch_size == 2
+    with pytest.raises(ValueError, match="batch_size 2 needs train_size_zyx"):
+        TrainConfig(batch_size=2)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            TrainConfig(batch_size=bad)

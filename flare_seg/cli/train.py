@@ -27,6 +27,7 @@ from flare_seg.config import (
     replace,
     to_dict,
 )
+from flare_seg.training.distribute import STRATEGIES
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, help="decoupled weight decay")
     p.add_argument("--train-size", type=int_triple, metavar="Z,Y,X",
                    help="fixed training grid size: random crops of the ROI (CPU compromise)")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help="samples per step over all devices (default 1, the paper); > 1 needs --train-size")
     p.add_argument("--no-augment", action="store_true", help="turn data augmentation off")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500)")
     p.add_argument("--validate-every", type=int, help="steps between validations (default 500)")
     p.add_argument("--workers", type=int, help="sample-producing threads (default 1)")
+    p.add_argument("--distribute", choices=STRATEGIES + ("none",),
+                   help="split each batch over every visible GPU (TensorFlow MirroredStrategy, JAX DataParallel); "
+                        "use with --batch-size a multiple of the device count. Saved with the run: --resume "
+                        "keeps it, --distribute none turns it off")
     p.add_argument("--threads", type=int, help="compute threads of the backend (TensorFlow intra-op)")
     p.add_argument("--seed", type=int, help="seed of init, data order, augmentation and dropout")
     p.add_argument("--architecture", choices=("scn", "unet", "attention_unet"),
@@ -115,8 +122,10 @@ def _train_config(args) -> TrainConfig:
         "clipnorm": args.clipnorm, "weight_decay": args.weight_decay, "train_size_zyx": args.train_size,
         "checkpoint_every": args.checkpoint_every, "validate_every": args.validate_every,
         "workers": args.workers, "seed": args.seed, "folds": args.folds, "fold": args.fold,
-        "loss": args.loss, "focal_gamma": args.focal_gamma,
+        "loss": args.loss, "focal_gamma": args.focal_gamma, "batch_size": args.batch_size,
     }
+    if args.distribute is not None:
+        cfg = replace(cfg, distribute=None if args.distribute == "none" else args.distribute)
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if args.no_ema_warmup:
         cfg = replace(cfg, ema_warmup=False)
@@ -199,7 +208,8 @@ def run(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with CarbonWatcher(args.out, enabled=not args.no_carbon):
         result = train(model_config, cfg, cases, args.out, val_cases=val_cases, resume=args.resume,
-                       init_weights=_init_weights(args.init), progress=not args.no_progress, real_cases=real_cases)
+                       init_weights=_init_weights(args.init), progress=not args.no_progress, real_cases=real_cases,
+                       distribute=cfg.distribute)
     last = result.log_rows[-1] if result.log_rows else {}
     scores = ", ".join(f"{k[8:]} {float(v):.3f}" for k, v in last.items() if k.startswith("val_dsc_") and v != "")
     print(f"{args.out}: step {result.step}; EMA weights in {args.out / 'model.weights.h5'}"

@@ -13,7 +13,7 @@ import keras
 from keras import layers
 
 from flare_seg.config import LocalizerConfig, NetworkConfig
-from flare_seg.models.layers import LinearUpSampling3D
+from flare_seg.models.layers import GlobalBatchDropout, LinearUpSampling3D
 
 
 def conv_block(x, filters: int, net: NetworkConfig, name: str, dtype=None):
@@ -21,7 +21,7 @@ def conv_block(x, filters: int, net: NetworkConfig, name: str, dtype=None):
         x = layers.Conv3D(filters, 3, padding="same", kernel_initializer="he_normal",
                           name=f"{name}_conv{k}", dtype=dtype)(x)
         x = layers.LeakyReLU(negative_slope=net.leaky_alpha, name=f"{name}_act{k}", dtype=dtype)(x)
-        x = layers.Dropout(net.dropout_rate, name=f"{name}_drop{k}", dtype=dtype)(x)
+        x = GlobalBatchDropout(net.dropout_rate, name=f"{name}_drop{k}", dtype=dtype)(x)
     return x
 
 

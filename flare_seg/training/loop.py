@@ -3,7 +3,8 @@
 Backend-neutral (TensorFlow, JAX or PyTorch under Keras 3): data come from a ``PyDataset``,
 the EMA lives in the optimizer (:class:`flare_seg.training.ema.AdamEMA`), and validation and checkpoints
 are callbacks. Keras copies the EMA weights into the model when ``fit()`` ends; during the run,
-callbacks swap them in and out explicitly.
+callbacks swap them in and out explicitly. With ``distribute`` (:mod:`flare_seg.training.distribute`)
+the model lives on several devices and each global batch is split between them; nothing else changes.
 
 A run folder holds: ``config.json`` (model, loadable by inference), ``train_config.json``,
 ``model.weights.h5`` (EMA weights, updated at every checkpoint), ``best.weights.h5`` (the EMA
@@ -20,7 +21,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -112,8 +113,12 @@ def batch_of(x: np.ndarray) -> np.ndarray:
     return x[None, ..., None] if x.ndim == 3 else x[None]
 
 
-def make_dataset(sampler, names: tuple[str, ...], start_step: int, num_steps: int, workers: int):
-    """A ``keras.utils.PyDataset`` yielding sample ``start_step + i`` as batch ``i`` (batch size 1)."""
+def make_dataset(sampler, names: tuple[str, ...], start_step: int, num_steps: int, workers: int,
+                 batch_size: int = 1):
+    """A ``keras.utils.PyDataset`` yielding step ``start_step + i`` as batch ``i``.
+
+    The batch is the *global* one (a distribution strategy splits it over its devices): samples
+    ``s * batch_size + j`` of step ``s``, stacked; batch size 1 reads sample ``s`` as it always did."""
     import keras
 
     class _Samples(keras.utils.PyDataset):
@@ -127,13 +132,18 @@ def make_dataset(sampler, names: tuple[str, ...], start_step: int, num_steps: in
             return num_steps
 
         def __getitem__(self, index):
-            t0 = time.perf_counter()
-            x, y = sampler.sample(start_step + int(index))
-            with self._lock:
-                self.sample_seconds += time.perf_counter() - t0
-                self.samples += 1
-            target = y[None]
-            return batch_of(x), {name: target for name in names}
+            step = start_step + int(index)
+            xs, ys = [], []
+            for j in range(batch_size):
+                t0 = time.perf_counter()
+                x, y = sampler.sample(step * batch_size + j)
+                with self._lock:
+                    self.sample_seconds += time.perf_counter() - t0
+                    self.samples += 1
+                xs.append(batch_of(x))
+                ys.append(y)
+            target = np.stack(ys)
+            return np.concatenate(xs), {name: target for name in names}
 
     return _Samples()
 
@@ -416,6 +426,23 @@ class _Progress:
         self.bar.close()
 
 
+def _restored_model(model_config, train_config: TrainConfig, paths: RunPaths, resume: bool, init_weights):
+    """The compiled model and its start step: from the checkpoint, from ``init_weights`` or freshly initialised."""
+    from flare_seg.models import build_model
+    from flare_seg.training.ema import reset_ema_to_weights
+
+    model = compile_model(build_model(model_config), model_config, train_config)
+    if resume:
+        start_step = load_checkpoint(paths, model)
+        log.info("resuming %s at step %d", paths.root, start_step)
+        return model, start_step
+    if init_weights is not None:
+        load_network_weights(model, Path(init_weights))
+        reset_ema_to_weights(model)
+        log.info("initialised from %s", init_weights)
+    return model, 0
+
+
 def train(
     model_config,
     train_config: TrainConfig,
@@ -427,11 +454,16 @@ def train(
     init_weights: str | Path | None = None,
     progress: bool = True,
     real_cases: list | None = None,
+    distribute: str | None = None,
 ) -> TrainResult:
-    """Train ``model_config``'s network on ``train_cases`` into ``run_dir`` (see the module docstring)."""
+    """Train ``model_config``'s network on ``train_cases`` into ``run_dir`` (see the module docstring).
+
+    ``distribute``: a :data:`flare_seg.training.distribute.STRATEGIES` name to split each batch
+    over the visible devices (None: ``train_config.distribute``; both None: one device). It is
+    saved in ``train_config.json`` with the run."""
     import keras
 
-    from flare_seg.models import build_model
+    from flare_seg.training.distribute import make_distribution
 
     paths = RunPaths(Path(run_dir))
     paths.root.mkdir(parents=True, exist_ok=True)
@@ -441,20 +473,14 @@ def train(
         raise FileNotFoundError(f"{paths.root}: --resume given but no checkpoint found")
     if not resume and find_checkpoint(paths) is not None:
         raise ValueError(f"{paths.root}: holds a checkpoint already; use --resume or another folder")
+    if distribute is not None:
+        train_config = replace(train_config, distribute=distribute)
+    distribution = make_distribution(train_config.distribute, train_config)
     save_config(model_config, paths.config)
     atomic_write_text(paths.train_config, json.dumps(to_dict(train_config), indent=2) + "\n")
     keras.utils.set_random_seed(train_config.seed)
-    model = compile_model(build_model(model_config), model_config, train_config)
-    start_step = 0
-    if resume:
-        start_step = load_checkpoint(paths, model)
-        log.info("resuming %s at step %d", paths.root, start_step)
-    elif init_weights is not None:
-        load_network_weights(model, Path(init_weights))
-        from flare_seg.training.ema import reset_ema_to_weights
-
-        reset_ema_to_weights(model)
-        log.info("initialised from %s", init_weights)
+    with distribution.scope():  # variables (network, Adam, EMA) are created on every device
+        model, start_step = _restored_model(model_config, train_config, paths, resume, init_weights)
     rows = _read_log(paths.log_csv, start_step)
     remaining = train_config.steps - start_step
     sampler = make_sampler(model_config, train_config, train_cases)
@@ -463,14 +489,16 @@ def train(
     if remaining <= 0:
         log.info("%s: already at step %d of %d", paths.root, start_step, train_config.steps)
         return result
-    dataset = make_dataset(sampler, output_names(model_config), start_step, remaining, train_config.workers)
+    dataset = make_dataset(sampler, output_names(model_config), start_step, remaining, train_config.workers,
+                           train_config.batch_size)
     run = _Progress(start_step, train_config.steps, progress)
-    writer = WeightsWriter(model_config)
+    writer = WeightsWriter(model_config)  # one device: it only copies weights to files
     callbacks = _callbacks(run, paths, model_config, train_config, val_sampler,
                            len(val_cases or []), dataset, start_step, rows, writer, real_cases)
     t0 = time.perf_counter()
     try:
-        model.fit(dataset, epochs=1, verbose=0, callbacks=callbacks, shuffle=False)  # order = sample index
+        with distribution.scope():
+            model.fit(dataset, epochs=1, verbose=0, callbacks=callbacks, shuffle=False)  # order = sample index
     finally:
         run.close()
     elapsed = time.perf_counter() - t0
@@ -484,4 +512,3 @@ def train(
     result.steps_per_second = remaining / max(elapsed, 1e-9)
     result.samples_per_second = dataset.samples / max(dataset.sample_seconds, 1e-9)
     return result
-
