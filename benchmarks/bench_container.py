@@ -81,9 +81,10 @@ def run_container(image: str, inputs: Path, outputs: Path, timeout_s: float = 18
 
 
 def run_host(inputs: Path, outputs: Path, engine: str) -> None:
-    """`flare-seg predict` on this machine, from this checkout, with the given engine."""
+    """`flare-seg predict` on this machine, from this checkout, with the given engine and the
+    precision of the container's entry point (predict.sh: ``--precision auto``)."""
     cmd = [sys.executable, "-m", "flare_seg.cli", "predict", "-q", "-i", str(inputs), "-o", str(outputs),
-           "--engine", engine, "--device", "cpu", "--no-progress"]
+           "--engine", engine, "--device", "cpu", "--precision", "auto", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:

@@ -176,7 +176,8 @@ class Segmenter:
         ``engine``: ``openvino`` / ``onnxruntime`` (the exported pieces, no TensorFlow or Keras
         imported) or ``tensorflow`` (the Keras model; device and GPU memory set up first); ``None``
         chooses TensorFlow on a GPU host, else :data:`flare_seg.engines.DEFAULT_CPU_ENGINE`.
-        ``precision``: ``fp32`` (default), ``bf16`` or ``fp16`` (``fp16=True`` is ``fp16``).
+        ``precision``: ``fp32`` (default), ``bf16``, ``fp16`` (``fp16=True`` is ``fp16``) or ``auto``
+        (:func:`flare_seg.engines.resolve_precision`: bf16 on OpenVINO where the CPU has it natively).
         ``slab_z``: z-slab thickness of the split nets (exported engines only).
         """
         from flare_seg.engines import choose_engine, is_exported
@@ -188,7 +189,9 @@ class Segmenter:
                         model_dir, model_dir, model_dir)
             chosen = "tensorflow"
         engine = chosen
-        precision = precision or ("fp16" if fp16 else "fp32")
+        from flare_seg.engines import resolve_precision
+
+        precision = resolve_precision(precision or ("fp16" if fp16 else "fp32"), engine)
         if engine == "tensorflow":
             return cls._load_tensorflow(model_dir, device, memory, threads, precision)
         from flare_seg.engines import load_exported

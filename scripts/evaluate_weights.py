@@ -40,7 +40,7 @@ import numpy as np
 
 from flare_seg import atomic
 from flare_seg.cli.args import int_triple, triple
-from flare_seg.engines import ENGINES, PRECISIONS
+from flare_seg.engines import ENGINES, PRECISION_CHOICES
 
 log = logging.getLogger("evaluate_weights")
 
@@ -74,8 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="compute threads of the backend")
     p.add_argument("--engine", choices=ENGINES, default=None,
                    help="inference engine (default: as flare-seg predict chooses, OpenVINO on a CPU host)")
-    p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="inference precision (default fp32); score bf16 against fp32 before making it a default")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
+                   help="inference precision (default fp32; auto: bf16 on OpenVINO where the CPU has it natively)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     if args.phantoms < 0:

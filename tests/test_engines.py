@@ -196,3 +196,39 @@ def test_label_counts_in_chunks_equal_bincount(rng):
 
     labels = rng.integers(0, 5, (7, 9, 11)).astype(np.uint8)
     np.testing.assert_array_equal(label_counts(labels, 5, chunk_voxels=50), np.bincount(labels.ravel(), minlength=5))
+
+
+def test_precision_auto_is_bf16_only_on_openvino_where_the_cpu_has_it(monkeypatch):
+    from flare_seg import engines
+    from flare_seg.engines import openvino as ov_engine
+
+    monkeypatch.setattr(ov_engine, "native_precisions", lambda: {"bf16"})
+    assert engines.resolve_precision("auto", "openvino") == "bf16"
+    assert engines.resolve_precision("auto", "onnxruntime") == "fp32"
+    assert engines.resolve_precision("auto", "tensorflow") == "fp32"
+    assert engines.resolve_precision("fp16", "openvino") == "fp16"  # explicit choices pass through
+    monkeypatch.setattr(ov_engine, "native_precisions", set)  # an AVX2 CPU
+    assert engines.resolve_precision("auto", "openvino") == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16, auto"):
+        engines.resolve_precision("int8", "openvino")
+
+
+def test_native_precisions_say_what_openvino_then_computes(exported_dir):
+    """On this machine's real CPU: bf16 is listed exactly when a bf16 request runs bf16, so ``auto``
+    never asks for what the CPU would emulate or silently run at f32."""
+    from flare_seg.engines.openvino import native_precisions, piece_runner
+
+    folder = exported_dir / "seg"
+    record = json.loads((folder / "export.json").read_text())
+    _, _, info = piece_runner(folder, record, "bf16", 1, use_cache=False)
+    assert (info["inference_precision"] == "bf16") == ("bf16" in native_precisions())
+
+
+def test_segmenter_with_precision_auto_runs_the_precision_it_resolves_to(exported_dir):
+    from flare_seg.engines import resolve_precision
+    from flare_seg.predict import Segmenter
+
+    segmenter = Segmenter.load(exported_dir, engine="openvino", precision="auto", threads=1)
+    expected = {"bf16": "bf16", "fp32": "f32"}[resolve_precision("auto", "openvino")]
+    assert segmenter.seg.engine_info["inference_precision"] == expected
+    assert segmenter.loc.engine_info["inference_precision"] == expected

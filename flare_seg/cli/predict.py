@@ -116,13 +116,14 @@ def _folder_run(args) -> bool:
 
 def _add_engine_arguments(p: argparse.ArgumentParser) -> None:
     """Engine choice (issue 11): exported OpenVINO / ONNX Runtime pieces or the Keras model on TensorFlow."""
-    from flare_seg.engines import DEFAULT_CPU_ENGINE, ENGINES, PRECISIONS
+    from flare_seg.engines import DEFAULT_CPU_ENGINE, ENGINES, PRECISION_CHOICES
 
     group = p.add_argument_group("engine")
     group.add_argument("--engine", choices=ENGINES, default=None,
                        help=f"default: tensorflow on a GPU host, else {DEFAULT_CPU_ENGINE} (no TensorFlow imported)")
-    group.add_argument("--precision", choices=PRECISIONS, default=None,
-                       help="fp32 (default), bf16 or fp16 where the engine and CPU/GPU support it (--fp16 = fp16)")
+    group.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
+                       help="fp32 (default), bf16 or fp16 where the engine and CPU/GPU support it (--fp16 = fp16); "
+                            "auto: bf16 on OpenVINO where this CPU computes it natively, else fp32")
     group.add_argument("--slab-z", type=int, default=None, metavar="N",
                        help="z-slab thickness of the split nets in 2/6 mm voxels (even; default 8)")
 

@@ -16,6 +16,15 @@ log = logging.getLogger(__name__)
 _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
 
+def native_precisions() -> set[str]:
+    """The reduced precisions OpenVINO's CPU plugin computes natively here (``{"bf16"}`` on AMX or
+    AVX512-BF16 CPUs, ``"fp16"`` where it lists FP16; empty on AVX2 CPUs)."""
+    import openvino as ov
+
+    capabilities = set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    return {name for name, cap in (("bf16", "BF16"), ("fp16", "FP16")) if cap in capabilities}
+
+
 def version() -> str:
     import openvino
 
