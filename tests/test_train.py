@@ -304,3 +304,19 @@ def test_batch_size_defaults_to_one_for_older_runs_and_needs_fixed_crops():
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="batch_size must be a positive integer"):
             TrainConfig(batch_size=bad)
+
+
+def test_a_trained_models_grid_is_never_smaller_than_its_training_crops(tmp_path, blobs):
+    """Thin scans got a 32-slice grid where the network trained on 96-slice crops and failed there;
+    ``train`` saves a config whose minimum grid is the crop (rounded up to the multiple, capped)."""
+    from flare_seg.config import load_config
+    from flare_seg.training.loop import grid_no_smaller_than_crops, train
+
+    seg, cfg = seg_setup(train_size_zyx=(40, 32, 80))  # grid (32..64)^3, multiple 32
+    raised = grid_no_smaller_than_crops(seg, cfg)
+    assert raised.preprocess.grid.size_min_zyx == (64, 32, 64)  # 40 -> 64 (multiple), 80 -> capped at 64
+    assert raised.local == seg.local and raised.preprocess.margin_voxels == seg.preprocess.margin_voxels
+    assert grid_no_smaller_than_crops(seg, replace(cfg, train_size_zyx=None)) is seg  # whole grids: unchanged
+    assert grid_no_smaller_than_crops(raised, cfg) is raised  # idempotent, so --resume keeps it
+    train(seg, replace(cfg, steps=0), blobs, tmp_path / "run", progress=False)
+    assert load_config(tmp_path / "run" / "config.json").preprocess.grid.size_min_zyx == (64, 32, 64)
