@@ -66,6 +66,11 @@ def clamp_padding(array_hu: np.ndarray, pad_hu: float = -1024.0) -> np.ndarray:
     return np.maximum(array_hu, np.asarray(pad_hu).astype(array_hu.dtype))
 
 
+def fit_size(n: float, lo: int, hi: int, multiple: int) -> int:
+    """``n`` voxels rounded up to a multiple of ``multiple``, within ``lo..hi``: one valid grid size."""
+    return int(min(max(multiple * math.ceil(n / multiple), lo), hi))
+
+
 def choose_grid(extent_mm, grid: GridConfig) -> tuple[tuple[int, int, int], float]:
     """The smallest valid grid size covering ``extent_mm`` at ``grid.spacing_mm`` (grown if needed)."""
     spacing = float(grid.spacing_mm)
@@ -74,11 +79,8 @@ def choose_grid(extent_mm, grid: GridConfig) -> tuple[tuple[int, int, int], floa
     if np.any(needed > np.asarray(grid.size_max_zyx)):
         spacing = float(np.max(extent / np.asarray(grid.size_max_zyx)))
         needed = np.ceil(extent / spacing - 1e-6)
-    m = grid.size_multiple
-    size = tuple(
-        int(min(max(m * math.ceil(n / m), lo), hi))
-        for n, lo, hi in zip(needed, grid.size_min_zyx, grid.size_max_zyx, strict=True)
-    )
+    size = tuple(fit_size(n, lo, hi, grid.size_multiple)
+                 for n, lo, hi in zip(needed, grid.size_min_zyx, grid.size_max_zyx, strict=True))
     return size, spacing
 
 

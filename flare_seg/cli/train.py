@@ -208,8 +208,7 @@ def run(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with CarbonWatcher(args.out, enabled=not args.no_carbon):
         result = train(model_config, cfg, cases, args.out, val_cases=val_cases, resume=args.resume,
-                       init_weights=_init_weights(args.init), progress=not args.no_progress, real_cases=real_cases,
-                       distribute=cfg.distribute)
+                       init_weights=_init_weights(args.init), progress=not args.no_progress, real_cases=real_cases)
     last = result.log_rows[-1] if result.log_rows else {}
     scores = ", ".join(f"{k[8:]} {float(v):.3f}" for k, v in last.items() if k.startswith("val_dsc_") and v != "")
     print(f"{args.out}: step {result.step}; EMA weights in {args.out / 'model.weights.h5'}"

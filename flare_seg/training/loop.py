@@ -30,6 +30,7 @@ from flare_seg import __version__
 from flare_seg.atomic import atomic_path, copy_file, remove_stale_temporaries
 from flare_seg.config import LocalizerConfig, TrainConfig, atomic_write_text, save_config, to_dict
 from flare_seg.labels import NAMES
+from flare_seg.preprocess import fit_size
 from flare_seg.training.data import TrainCase
 
 log = logging.getLogger(__name__)
@@ -453,9 +454,8 @@ def grid_no_smaller_than_crops(model_config, train_config: TrainConfig):
     grid = getattr(getattr(model_config, "preprocess", None), "grid", None)
     if crop is None or grid is None:
         return model_config
-    m = grid.size_multiple
-    size_min = tuple(min(max(lo, m * -(-int(c) // m)), hi)
-                     for lo, c, hi in zip(grid.size_min_zyx, crop, grid.size_max_zyx, strict=True))
+    size_min = tuple(fit_size(c, lo, hi, grid.size_multiple)
+                     for c, lo, hi in zip(crop, grid.size_min_zyx, grid.size_max_zyx, strict=True))
     if size_min == tuple(grid.size_min_zyx):
         return model_config
     log.info("grid size_min_zyx %s -> %s: no grid smaller than the %s training crops",
