@@ -135,3 +135,48 @@ def test_phantom_tissue_map_as_label_map():
     assert len(np.unique(lm.labels)) > 12  # fat, muscle, bones, vessels, bowel, ... are separate labels
     case = _gen(0, dataclasses.replace(QUIET, work_spacing_mm=12.0), lm)
     np.testing.assert_array_equal(case.labels, lm.to_flare[case.generation])
+
+
+def _tall_map() -> label_maps.LabelMap:
+    """The toy map with 20 slices of trunk (vertebra and body, no organ) above and below the organs."""
+    toy = _toy_map()
+    n_struct = 7  # generation labels 0-6 of _toy_map; with_body_and_air appends BODY and AIR
+    m = np.pad(np.where(toy.labels < n_struct, toy.labels, 0).astype(np.uint8), ((20, 20), (0, 0), (0, 0)))
+    m[:, 26:32, 18:24] = np.where(m[:, 26:32, 18:24] == 0, 3, m[:, 26:32, 18:24])  # the spine runs through
+    return label_maps.with_body_and_air("tall", m, (4.0, 4.0, 4.0), toy.to_flare[:n_struct], toy.tissue[:n_struct])
+
+
+def test_negative_cuts_come_from_beyond_the_organ_margin_and_hold_no_organ():
+    lm = _tall_map()
+    cfg = dataclasses.replace(QUIET, organ_margin_mm=8.0, negative_probability=1.0, negative_gap_mm=(4.0, 4.0))
+    organ_z = np.nonzero((lm.to_flare[lm.labels] > 0).any(axis=(1, 2)))[0]
+    room = max(int(organ_z[0]), lm.labels.shape[0] - 1 - int(organ_z[-1])) - 1  # one side, less the 4 mm gap
+    extents = set()
+    for seed in range(16):
+        case = _gen(seed, cfg, lm)
+        assert case.info["fov"] == "negative"
+        assert not case.labels.any()  # nothing to find: the loss teaches "no organ" here
+        assert (case.generation == 3).any()  # real anatomy (the spine), not empty air
+        np.testing.assert_array_equal(case.image_hu, np.clip(case.mean_hu[case.generation], -1024, 3071))
+        assert 4 <= case.labels.shape[0] <= room
+        extents.add(case.labels.shape[0])
+    assert len(extents) > 1  # the extent is drawn, not fixed
+    margin_crop_z = organ_z.size + 2 * 2  # the organs' z extent + 8 mm on both sides, at 4 mm
+    full = _gen(0, dataclasses.replace(cfg, negative_probability=0.0), lm)
+    assert full.info["fov"] == "none" and full.labels.any() and full.labels.shape[0] <= margin_crop_z + 1
+    # a map with no room beyond its organs falls back to the ordinary cuts
+    toy = _toy_map()
+    organs_only = label_maps.with_body_and_air("short", np.where(toy.labels < 7, toy.labels, 0)[4:24].astype(np.uint8),
+                                               (4.0, 4.0, 4.0), toy.to_flare[:7], toy.tissue[:7])
+    assert _gen(0, cfg, organs_only).info["fov"] != "negative"
+    # the localizer (no organ margin) never draws negatives: it sees the whole map anyway
+    assert _gen(0, dataclasses.replace(cfg, organ_margin_mm=None), lm).info["fov"] != "negative"
+
+
+def test_slab_cuts_go_down_to_one_slice():
+    cfg = dataclasses.replace(QUIET, fov_probability=1.0, fov_weights=(1, 0, 0, 0), slab_mm=(2.0, 2.0))
+    case = _gen(0, cfg)
+    assert case.info["fov"] == "slab" and case.labels.shape[0] == 1 and case.labels.any()
+    np.testing.assert_array_equal(case.image_hu, np.clip(case.mean_hu[case.generation], -1024, 3071))
+    thick = [_gen(s, dataclasses.replace(cfg, slab_mm=(4.0, 60.0))).labels.shape[0] for s in range(20)]
+    assert min(thick) < 4 and max(thick) > 6  # log-uniform: thin slabs are common, thick ones occur

@@ -4,7 +4,8 @@ One sample = one seeded :class:`numpy.random.Generator` and one :class:`~flare_s
 
 1. **Deformation of the label map itself**: a random affine (rotation, per-axis scale, shear) and a
    smooth elastic displacement, resampled (nearest neighbour) onto the work grid.
-2. **Field-of-view cuts**: thin slabs, chest-only, pelvis-only, or a box that cuts organs at the border.
+2. **Field-of-view cuts**: thin slabs (down to one slice), chest-only, pelvis-only, or a box that cuts
+   organs at the border; for the SCN also negatives, cut from the whole map beyond the organ margin.
 3. **Appearance**: every generation label gets its own mean and spread, drawn over the whole CT range
    (random mode) or within its tissue's realistic HU range; look-alike neighbours (liver/spleen,
    kidney/vertebra, pancreas/bowel) get overlapping intensities in a share of samples.
@@ -46,8 +47,14 @@ class DomainRandConfig:
     shear: float = 0.06  # standard deviation of the off-diagonal terms
     elastic_mm: tuple[float, float] = (0.0, 12.0)  # standard deviation of the control-point displacements
     elastic_knots: int = 6
-    fov_probability: float = 0.4
-    fov_weights: tuple[float, float, float, float] = (0.25, 0.25, 0.2, 0.3)  # slab, chest, pelvis, border
+    fov_probability: float = 0.5
+    fov_weights: tuple[float, float, float, float] = (0.4, 0.2, 0.15, 0.25)  # slab, chest, pelvis, border
+    slab_mm: tuple[float, float] = (2.0, 60.0)  # log-uniform thickness of a slab cut (down to one work slice)
+    #: SCN maps (organ_margin_mm set): share of samples cut from the whole map beyond the organ margin,
+    #: chest/neck above or pelvis below the organs, with no organ in them (real negatives the margin drops)
+    negative_probability: float = 0.1
+    negative_gap_mm: tuple[float, float] = (2.0, 40.0)  # distance of a negative cut from the nearest organ
+    negative_mm: tuple[float, float] = (20.0, 300.0)  # log-uniform extent of a negative cut in z
     realistic_probability: float = 0.35
     realistic_air_probability: float = 0.8  # air stays -1000 HU in random mode too
     intensity_range_hu: tuple[float, float] = (-1000.0, 1500.0)
@@ -97,10 +104,13 @@ def random_affine(rng: np.random.Generator, cfg: DomainRandConfig) -> np.ndarray
     return rot @ shear @ np.diag(1.0 / rng.uniform(*cfg.scale, 3))
 
 
-def deform(rng: np.random.Generator, lm: LabelMap, cfg: DomainRandConfig) -> np.ndarray:
-    """The label map under a random affine + elastic deformation, on the isotropic work grid."""
+def deform(rng: np.random.Generator, lm: LabelMap, cfg: DomainRandConfig, whole: bool = False) -> np.ndarray:
+    """The label map under a random affine + elastic deformation, on the isotropic work grid.
+
+    ``cfg.organ_margin_mm`` first crops the map to the organs' box + margin, unless ``whole``.
+    """
     labels = lm.labels
-    if cfg.organ_margin_mm is not None:
+    if cfg.organ_margin_mm is not None and not whole:
         labels = labels[_organ_crop(lm, cfg.organ_margin_mm)]
     spacing = np.asarray(lm.spacing_mm)
     extent = np.asarray(labels.shape) * spacing
@@ -132,7 +142,7 @@ def fov_cut(rng: np.random.Generator, flare: np.ndarray, cfg: DomainRandConfig) 
     top, bottom = (int(z_organs[-1]), int(z_organs[0])) if z_organs.size else (nz - 1, 0)
     vox = cfg.work_spacing_mm
     if kind == "slab":
-        thick = max(2, int(rng.uniform(6.0, 60.0) / vox))
+        thick = max(1, int(round(float(np.exp(rng.uniform(*np.log(cfg.slab_mm)))) / vox)))
         z0 = int(rng.integers(max(bottom - thick // 2, 0), max(top - thick // 2, 0) + 1))
         return (slice(z0, min(z0 + thick, nz)),) + full[1:], kind
     if kind == "chest":  # from just above (or through) the organs' top to the top of the map
@@ -144,6 +154,26 @@ def fov_cut(rng: np.random.Generator, flare: np.ndarray, cfg: DomainRandConfig) 
     lo, hi = rng.uniform(0.0, 0.35, 3), rng.uniform(0.65, 1.0, 3)  # a box cutting through the organs
     return tuple(slice(int(a * n), max(int(b * n), int(a * n) + 2)) for a, b, n in zip(lo, hi, flare.shape,
                                                                                       strict=True)), kind
+
+
+def negative_cut(rng: np.random.Generator, flare: np.ndarray, cfg: DomainRandConfig) -> tuple[slice, ...] | None:
+    """A z range above or below every organ of ``flare`` (none in it), or None where the map has no room."""
+    nz = flare.shape[0]
+    z_organs = np.nonzero((flare > 0).any(axis=(1, 2)))[0]
+    if not z_organs.size:
+        return (slice(0, nz),) + (slice(None),) * 2
+    vox = cfg.work_spacing_mm
+    gap = max(1, int(round(rng.uniform(*cfg.negative_gap_mm) / vox)))
+    extent = max(4, int(round(float(np.exp(rng.uniform(*np.log(cfg.negative_mm)))) / vox)))
+    above = (int(z_organs[-1]) + gap + 1, nz)
+    below = (0, int(z_organs[0]) - gap)
+    sides = [s for s in (above, below) if s[1] - s[0] >= 4]
+    if not sides:
+        return None
+    lo, hi = sides[int(rng.integers(len(sides)))]
+    if hi - lo <= extent:
+        return (slice(lo, hi),) + (slice(None),) * 2
+    return ((slice(lo, lo + extent) if (lo, hi) == above else slice(hi - extent, hi)),) + (slice(None),) * 2
 
 
 # ----------------------------------------------------------------------------- appearance
@@ -233,8 +263,13 @@ def bias_and_gamma(rng: np.random.Generator, image: np.ndarray, realistic: bool,
 def generate(rng: np.random.Generator, lm: LabelMap, cfg: DomainRandConfig | None = None) -> GeneratedCase:
     """One domain-randomised CT sample from ``lm`` (see the module docstring for the steps)."""
     cfg = cfg or DomainRandConfig()
-    gen = deform(rng, lm, cfg)
-    cut, kind = fov_cut(rng, lm.to_flare[gen], cfg)
+    negative = cfg.organ_margin_mm is not None and rng.random() < cfg.negative_probability
+    gen = deform(rng, lm, cfg, whole=negative)
+    cut = negative_cut(rng, lm.to_flare[gen], cfg) if negative else None
+    if cut is not None:
+        kind = "negative"
+    else:
+        cut, kind = fov_cut(rng, lm.to_flare[gen], cfg)
     gen = np.ascontiguousarray(gen[cut])
     flare = lm.to_flare[gen]
     mean, spread, realistic = draw_intensities(rng, lm, cfg)

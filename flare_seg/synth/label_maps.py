@@ -28,12 +28,13 @@ from flare_seg import labels as flare_labels
 
 log = logging.getLogger(__name__)
 
-#: Realistic HU ranges (portal-venous-like, with spread for other phases) of the tissue classes.
+#: Realistic HU ranges of the tissue classes, wide enough for the contrast phases from non-contrast to
+#: portal venous (non-contrast liver ~40-60 HU, a fatty liver lower; the shared liver-dome case is 37 HU).
 TISSUE_HU = {
     "air": (-1010.0, -990.0), "body": (-110.0, 10.0), "fat": (-120.0, -80.0), "lung": (-900.0, -750.0),
     "airway": (-1000.0, -900.0), "bone": (180.0, 700.0), "cartilage": (100.0, 200.0), "muscle": (35.0, 70.0),
-    "vessel": (110.0, 260.0), "heart": (90.0, 220.0), "liver": (70.0, 130.0), "spleen": (70.0, 140.0),
-    "kidney": (120.0, 240.0), "kidney_cyst": (0.0, 25.0), "pancreas": (55.0, 120.0), "bowel": (-40.0, 80.0),
+    "vessel": (110.0, 260.0), "heart": (90.0, 220.0), "liver": (30.0, 130.0), "spleen": (40.0, 140.0),
+    "kidney": (30.0, 240.0), "kidney_cyst": (0.0, 25.0), "pancreas": (30.0, 120.0), "bowel": (-40.0, 80.0),
     "fluid": (0.0, 25.0), "gland": (40.0, 120.0), "brain": (25.0, 45.0), "cord": (20.0, 50.0),
 }
 TISSUES = tuple(TISSUE_HU)
