@@ -30,6 +30,7 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -244,24 +245,38 @@ class TreeSampler(threading.Thread):
             self.done.wait(self.interval)
 
 
+def _kill_group(pgid: int) -> None:
+    """SIGKILL a run's whole process group: its spawned workers too, which outlive their parent otherwise."""
+    try:
+        os.killpg(pgid, 9)
+    except ProcessLookupError:
+        pass
+
+
 def run_tree(cmd: list[str], env: dict, log: Path, interval: float, timeout: float | None) -> dict:
+    """Run ``cmd`` in its own session, sampling its tree; the whole group is killed at the timeout, when
+    this script is interrupted or terminated, and after the run (so no stray worker computes on into the
+    next measurement)."""
     with open(log, "w") as out:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         sampler = TreeSampler(proc.pid, interval)
         sampler.start()
         deadline = None if timeout is None else t0 + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if deadline and time.perf_counter() > deadline:
-                os.killpg(proc.pid, 9)
-            time.sleep(0.05)
+        try:
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                if deadline and time.perf_counter() > deadline:
+                    _kill_group(proc.pid)
+                time.sleep(0.05)
+        finally:
+            _kill_group(proc.pid)
+            sampler.done.set()
+            sampler.join()
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
-        sampler.done.set()
-        sampler.join()
     row = {"wall_s": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
            "peak_rss_tree_mb": round(sampler.peak_rss_kb / 1024), "peak_pss_tree_mb": round(sampler.peak_pss_kb / 1024),
            "max_vmhwm_mb": round(max(sampler.hwm_kb.values(), default=0) / 1024), "max_processes": sampler.max_procs}
@@ -299,6 +314,7 @@ def cpu_model() -> str:
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run_tree's cleanup runs on a kill too
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[134], help="slices N of 512x512xN phantoms")
     p.add_argument("--case", type=Path, nargs="+", help="CT files to use instead of phantoms")
