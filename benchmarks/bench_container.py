@@ -16,15 +16,15 @@ Needs a reachable Docker daemon and the images (``scripts/build_container.sh --a
   (``--engine``, default openvino: what ``predict.sh`` picks without a GPU).
 
 The cases: the bundled real CT (``examples/upper_abdomen_slab_0000.nii.gz``, 512x512x20) and three
-phantoms of 512x512xN (``--phantom-z``, 0.8x0.8x2.5 mm). The CPU model (``lscpu``) and the number of
-cores go into the output beside every figure.
+phantoms of 512x512xN (``--phantom-z``, 0.8x0.8x2.5 mm). The CPU (model, family/model, AVX-512,
+BF16, AMX; ``flare_seg.instrument.cpu_description``) and the number of cores go into the output
+beside every figure.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from flare_seg.instrument import cpu_description
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_CT = ROOT / "examples" / "upper_abdomen_slab_0000.nii.gz"
@@ -53,17 +55,6 @@ def image_size_bytes(image: str) -> int | None:
     proc = subprocess.run(["docker", "image", "inspect", "--format", "{{.Size}}", image],
                           capture_output=True, text=True)
     return int(proc.stdout.strip()) if proc.returncode == 0 else None
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    except FileNotFoundError:
-        return platform.processor() or "unknown"
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def run_container(image: str, inputs: Path, outputs: Path, timeout_s: float = 1800) -> tuple[float, str]:
@@ -178,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in cases.values():
             os.symlink(path.resolve(), host_in / path.name)
         run_host(host_in, host_out, args.engine)
-        results = {"cpu_model": cpu_model(), "cpu_cores": os.cpu_count(), "engine": args.engine,
+        results = {"cpu_model": cpu_description(), "cpu_cores": os.cpu_count(), "engine": args.engine,
                    "date": time.strftime("%Y-%m-%d"), "phantom_z": args.phantom_z,
                    "images": [bench_image(image, cases, host_out, work / image.replace(":", "_").replace("/", "_"))
                               for image in images]}

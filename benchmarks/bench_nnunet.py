@@ -42,6 +42,8 @@ from pathlib import Path
 import numpy as np
 from bench_engines import make_case  # the same 512x512xN phantom (seed 2024) as the engine benchmark
 
+from flare_seg.instrument import cpu_description
+
 ROOT = Path(__file__).resolve().parents[1]
 DATASET_ID = 21
 DATASET = "Dataset021_FLARE21"
@@ -301,18 +303,6 @@ def median(rows: list[dict], key: str) -> float | None:
     return statistics.median(values) if values else None
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run_tree's cleanup runs on a kill too
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -419,7 +409,7 @@ def main() -> None:
             summary.append(entry)
             print("SUMMARY " + json.dumps(entry), flush=True)
 
-    result = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu": cpu_model(),
+    result = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu": cpu_description(),
               "cpus_usable": len(os.sched_getaffinity(0)),
               "load_average_at_end": list(os.getloadavg()), "threads": args.threads,
               "mem_total_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flare_seg.instrument import cpu_description
+
 log = logging.getLogger("compare_methods")
 
 ROWS = {"SCN": {}, "U-Net": {"architecture": "unet"}, "attention U-Net": {"architecture": "attention_unet"},
@@ -36,7 +38,6 @@ ROWS = {"SCN": {}, "U-Net": {"architecture": "unet"}, "attention U-Net": {"archi
 FORWARD_SIZE = (160, 128, 160)
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SHARED_DATA = [SHARED]  # --shared-data replaces it
-CPU = "AMD EPYC (Zen 3, family 25 model 1), AVX2, no AVX-512/BF16/AMX, 2 cores shared"
 
 
 def seg_config(**changes):
@@ -274,7 +275,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     train, held = train_cases(args)
     results = {"steps": args.steps, "train_phantoms": args.train, "heldout_phantoms": args.heldout,
-               "crop_zyx": list(args.crop), "lr": args.lr, "seed": args.seed, "cpu": CPU,
+               "crop_zyx": list(args.crop), "lr": args.lr, "seed": args.seed, "cpu": cpu_description(),
                "machine": platform.machine()}
     if args.part in ("methods", "all"):
         results["methods"] = run_methods(args, train, held)

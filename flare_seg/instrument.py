@@ -303,6 +303,35 @@ class StageTimer:
         return float(sum(self._seconds.values()))
 
 
+def cpu_description() -> str:
+    """The CPU as benchmark figures should name it: model, family/model, the vector extensions that
+    change what an engine can do (AVX2, AVX-512, native BF16, AMX) and the cores this process may use."""
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "cpu family", "model", "flags") and key not in info:
+                info[key] = value.strip()
+    except OSError:
+        pass
+    import platform
+
+    name = info.get("model name") or platform.processor() or "unknown CPU"
+    if "cpu family" in info and "model" in info:
+        name += f" (family {info['cpu family']} model {info['model']})"
+    flags = set(info.get("flags", "").split())
+    ext = [label for flag, label in (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "BF16"),
+                                     ("amx_bf16", "AMX")) if flag in flags]
+    if flags:
+        ext += [f"no {label}" for flag, label in (("avx512_bf16", "BF16"), ("amx_bf16", "AMX")) if flag not in flags]
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 0
+    return ", ".join([name, *ext, f"{cores} cores"])
+
+
 def _status_kib(field: str) -> int | None:
     """A ``kB`` field of ``/proc/self/status`` (Linux), in KiB, or None elsewhere."""
     try:

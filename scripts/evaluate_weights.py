@@ -41,6 +41,7 @@ import numpy as np
 from flare_seg import atomic
 from flare_seg.cli.args import int_triple, triple
 from flare_seg.engines import ENGINES, PRECISION_CHOICES
+from flare_seg.instrument import cpu_description
 
 log = logging.getLogger("evaluate_weights")
 
@@ -308,21 +309,13 @@ def real_cases_section(segmenter, shared: Path, out: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- provenance
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
-    except OSError:
-        return ""
-
-
 def machine_info() -> dict:
     try:
         ram_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError, AttributeError):
         ram_gb = None
     return {"platform": platform.platform(), "machine": platform.machine(),
-            "processor": _cpu_model() or platform.processor(), "cpu_count": os.cpu_count(), "ram_gb": ram_gb,
+            "processor": cpu_description(), "cpu_count": os.cpu_count(), "ram_gb": ram_gb,
             "python": platform.python_version(),
             "load_average_at_start": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None}
 

@@ -190,3 +190,28 @@ def test_peak_rss_can_be_reset_after_setup_work():
     after = peak_rss_bytes()
     assert after <= before - 32 * MIB  # the freed block no longer counts
     assert after >= process_tree_rss_bytes(include_children=False) - MIB
+
+
+def test_cpu_description_names_what_changes_the_figures(tmp_path, monkeypatch):
+    """Model, family/model and the extensions an engine's speed depends on, from /proc/cpuinfo."""
+    import os
+    from pathlib import Path
+
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    desc = instrument.cpu_description()
+    assert desc.endswith(f"{len(os.sched_getaffinity(0))} cores")
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    if flags:
+        assert ("no AMX" in desc) == ("amx_bf16" not in flags)
+        assert ("no BF16" in desc) == ("avx512_bf16" not in flags)
+        assert ("AVX-512" in desc) == ("avx512f" in flags)
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("model name\t: Test CPU\ncpu family\t: 6\nmodel\t\t: 143\nflags\t\t: avx2 avx512f avx512_bf16 "
+                    "amx_bf16\n\nmodel name\t: Test CPU\n")
+    real_path = Path
+
+    def fake_path(p, *a):
+        return fake if str(p) == "/proc/cpuinfo" else real_path(p, *a)
+
+    monkeypatch.setattr(instrument, "Path", fake_path)
+    assert instrument.cpu_description().startswith("Test CPU (family 6 model 143), AVX2, AVX-512, BF16, AMX, ")
