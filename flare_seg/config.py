@@ -110,8 +110,10 @@ class SegmenterConfig:
     or ``"attention_unet"`` (the same with additive attention gates on every skip, seed 003); the
     last two use ``local`` and ignore ``spatial``/``combination``. ``anatomical_attention`` adds a
     second input channel, the signed distance to the coarse organ mask (seed 000;
-    :mod:`flare_seg.anatomical`). A ``config.json`` written before these keys existed loads as
-    the plain SCN.
+    :mod:`flare_seg.anatomical`). ``presence_head`` adds seed 001's attention module, any
+    architecture: a small classification head on the local U-Net's coarsest features predicts
+    which organs the input contains and scales their probabilities (:mod:`flare_seg.models.presence`).
+    A ``config.json`` written before these keys existed loads as the plain SCN.
     """
 
     local: NetworkConfig = NetworkConfig(levels=5, filters=32)
@@ -123,6 +125,7 @@ class SegmenterConfig:
     dtype_policy: str = "float32"
     architecture: str = "scn"
     anatomical_attention: bool = False
+    presence_head: bool = False
 
     ARCHITECTURES = ("scn", "unet", "attention_unet")
 
@@ -200,6 +203,12 @@ class TrainConfig:
     #: Multi-device strategy (``"mirrored"``; None: one device). Saved with the run, so ``--resume``
     #: continues on the same strategy; ``--distribute none`` on resume turns it off.
     distribute: str | None = None
+    #: Weight of the presence head's binary cross-entropy (seed 001's classification term, whose
+    #: weight the paper sets to 1 in its joint phase); used only by a ``presence_head`` segmenter.
+    presence_weight: float = 1.0
+    #: An organ counts as present in a training sample when at least this volume of it lies inside
+    #: the sample's grid (voxels on the network grid x their volume).
+    presence_min_ml: float = 0.5
 
     def __post_init__(self) -> None:
         if self.loss not in ("paper", "hybrid"):
@@ -209,6 +218,9 @@ class TrainConfig:
         if self.batch_size > 1 and self.train_size_zyx is None:  # whole-ROI grids differ in size per sample
             raise ValueError(f"batch_size {self.batch_size} needs train_size_zyx (--train-size): "
                              "the samples of one batch must share a grid size")
+        if self.presence_weight < 0 or self.presence_min_ml < 0:
+            raise ValueError(f"presence_weight and presence_min_ml must be >= 0, got {self.presence_weight}, "
+                             f"{self.presence_min_ml}")
 
 
 @dataclass(frozen=True)

@@ -296,9 +296,12 @@ def export_network(src: Path, dst: Path, kind: str, fmt: str) -> dict:
     """Export one network folder (``config.json`` + weights) into ``dst``; returns its export record."""
     from onnx import numpy_helper
 
-    from flare_seg.config import LocalizerConfig, SegmenterConfig
+    from flare_seg.config import LocalizerConfig, SegmenterConfig, load_config
+    from flare_seg.engines import PRESENCE_UNSUPPORTED
     from flare_seg.predict import CONFIG_FILE, WEIGHTS_FILE, load_model
 
+    if getattr(load_config(src / CONFIG_FILE), "presence_head", False):
+        raise ValueError(f"{src}: cannot export: {PRESENCE_UNSUPPORTED}; run it with --engine tensorflow")
     loaded = load_model(src, LocalizerConfig if kind == "localizer" else SegmenterConfig)
     whole = keras_to_onnx(loaded.model, OUTPUTS[kind], f"flare_seg_{src.name}")
     plan = _split_plan(kind, loaded.config)
@@ -343,7 +346,11 @@ def export(model_dir: str | Path, out_dir: str | Path, fmt: str = "onnx") -> dic
     """Export ``model_dir/{loc,seg}`` into ``out_dir/{loc,seg}`` (each beside its config.json)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    from flare_seg.engines import PRESENCE_UNSUPPORTED, has_presence_head
+
     model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if has_presence_head(model_dir):  # before the localizer is written: no half-exported folder
+        raise ValueError(f"{model_dir / 'seg'}: cannot export: {PRESENCE_UNSUPPORTED}; run it with --engine tensorflow")
     records = {}
     for net, kind in (("loc", "localizer"), ("seg", "segmenter")):
         if not (model_dir / net).is_dir():

@@ -180,15 +180,20 @@ class Segmenter:
         (:func:`flare_seg.engines.resolve_precision`: bf16 on OpenVINO where the CPU has it natively).
         ``slab_z``: z-slab thickness of the split nets (exported engines only).
         """
-        from flare_seg.engines import choose_engine, is_exported
+        from flare_seg.engines import PRESENCE_UNSUPPORTED, choose_engine, has_presence_head, is_exported
 
         model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
         chosen = choose_engine(engine, device)
+        if engine is None and chosen != "tensorflow" and has_presence_head(model_dir):
+            log.warning("%s: %s: using the tensorflow engine", model_dir / "seg", PRESENCE_UNSUPPORTED)
+            chosen = "tensorflow"
         if engine is None and chosen != "tensorflow" and not is_exported(model_dir):
             log.warning("%s holds no exported networks (flare-seg export -m %s -o %s): using the tensorflow engine",
                         model_dir, model_dir, model_dir)
             chosen = "tensorflow"
         engine = chosen
+        if engine != "tensorflow" and has_presence_head(model_dir):  # before the localizer's own errors
+            raise ValueError(f"{model_dir / 'seg'}: {PRESENCE_UNSUPPORTED}; use --engine tensorflow")
         from flare_seg.engines import resolve_precision
 
         precision = resolve_precision(precision or ("fp16" if fp16 else "fp32"), engine)
@@ -290,9 +295,18 @@ class Segmenter:
             with timer.stage("seg_preprocess"):
                 x_seg = with_channel(x_seg, coarse_mask_channel(*self._coarse, seg_record))
         with timer.stage("seg_predict"):
-            prob = self._run(self.seg, x_seg, "seg", report)["prob"][0]
+            out = self._run(self.seg, x_seg, "seg", report)
+            prob = out["prob"][0]
+        if "presence" in out:  # seed 001's head: prob is already scaled by it, inside the model
+            report.organ_presence = presence_probabilities(out["presence"][0])
         with timer.stage("to_input_grid"):
             return to_input_grid(prob, seg_record, mode=options.resample_mode)
+
+def presence_probabilities(logits) -> dict[str, float]:
+    """The presence head's ``(organs,)`` logits as ``{organ name: probability}`` (4 decimals)."""
+    logits = np.asarray(logits, dtype=np.float64).reshape(-1)
+    return {NAMES[k + 1]: round(float(1.0 / (1.0 + np.exp(-v))), 4) for k, v in enumerate(logits)}
+
 
 def check_input_array(array_hu, geometry: Geometry) -> None:
     """The checks a file gets on reading, for an in-memory array: a ``ValueError`` saying what is wrong

@@ -61,6 +61,9 @@ class CaseReport:
     segmenter: GridReport | None = None
     box: BoxReport | None = None
     organ_volumes_ml: dict[str, float] | None = None
+    #: The segmenter's presence head (seed 001, ``presence_head``): probability that each organ is in
+    #: the segmenter's input box; its organ probabilities were scaled by these. None without the head.
+    organ_presence: dict[str, float] | None = None
     allocator_peak_bytes: dict[str, int | None] = field(default_factory=dict)
     seconds: dict[str, float] | None = None
     seconds_total: float | None = None

@@ -96,6 +96,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="segmenter: SCN (default), plain U-Net or attention-gate U-Net (seed 003)")
     p.add_argument("--anatomical-attention", action="store_true",
                    help="segmenter input + signed distance to the coarse organ mask (seed 000)")
+    p.add_argument("--presence-head", action="store_true",
+                   help="segmenter + a head predicting which organs the input contains, scaling their output "
+                        "(seed 001's attention module; TensorFlow engine only)")
+    p.add_argument("--presence-weight", type=float,
+                   help="weight of the presence head's cross-entropy (default 1)")
     p.add_argument("--per-organ", action="store_true",
                    help="localizer with one channel per organ (needed to train it on partially annotated data)")
     p.add_argument("--data-weights", type=lambda s: tuple(float(v) for v in s.split(",")), metavar="W1,W2,...",
@@ -123,6 +128,7 @@ def _train_config(args) -> TrainConfig:
         "checkpoint_every": args.checkpoint_every, "validate_every": args.validate_every,
         "workers": args.workers, "seed": args.seed, "folds": args.folds, "fold": args.fold,
         "loss": args.loss, "focal_gamma": args.focal_gamma, "batch_size": args.batch_size,
+        "presence_weight": args.presence_weight,
     }
     if args.distribute is not None:
         cfg = replace(cfg, distribute=None if args.distribute == "none" else args.distribute)
@@ -150,8 +156,12 @@ def _model_config(args, train_config: TrainConfig):
             config = replace(config, architecture=args.architecture)
         if args.anatomical_attention:
             config = replace(config, anatomical_attention=True)
+        if args.presence_head:
+            config = replace(config, presence_head=True)
     elif args.per_organ:
         config = replace(config, num_labels=5)
+    if args.presence_head and not isinstance(config, SegmenterConfig):
+        raise ValueError("--presence-head applies to the segmenter (--net seg), not the localizer")
     return config
 
 

@@ -17,7 +17,8 @@ from keras import layers
 
 from flare_seg.config import NetworkConfig, SegmenterConfig
 from flare_seg.models.layers import LinearUpSampling3D
-from flare_seg.models.unet import unet
+from flare_seg.models.presence import with_presence
+from flare_seg.models.unet import unet_features
 
 
 def attention_gate(skip, gating, intermediate: int, name: str, dtype=None):
@@ -32,18 +33,23 @@ def attention_gate(skip, gating, intermediate: int, name: str, dtype=None):
 
 
 def gated_unet(x, net: NetworkConfig, num_outputs: int, name: str, gates: bool, dtype=None):
-    """:func:`flare_seg.models.unet.unet` with (``gates``) or without attention gates on the skips."""
+    """:func:`flare_seg.models.unet.unet_features` (logits, bottom features) with (``gates``) or
+    without attention gates on the skips."""
     def gate(skip, gating, level):
         return attention_gate(skip, gating, max(1, net.filters // 2), f"{name}_att{level}", dtype)
 
-    return unet(x, net, num_outputs, name, dtype, skip_gate=gate if gates else None)
+    return unet_features(x, net, num_outputs, name, dtype, skip_gate=gate if gates else None)
 
 
 def build_unet_segmenter(config: SegmenterConfig) -> keras.Model:
-    """Image ``(b, z, y, x, channels)`` -> ``{"prob", "local"}``; ``config.architecture`` picks the gates."""
+    """Image ``(b, z, y, x, channels)`` -> ``{"prob", "local"}`` (+ ``"presence"`` with
+    ``config.presence_head``); ``config.architecture`` picks the gates."""
     dtype = keras.DTypePolicy(config.dtype_policy)
     image = keras.Input(shape=(None, None, None, config.input_channels), name="image")
     gates = config.architecture == "attention_unet"
-    logits = gated_unet(image, config.local, config.num_labels, "local", gates, dtype)
+    logits, bottom = gated_unet(image, config.local, config.num_labels, "local", gates, dtype)
     prob = layers.Activation("sigmoid", name="prob_sigmoid", dtype="float32")(logits)
-    return keras.Model(image, {"prob": prob, "local": logits}, name=config.architecture)
+    outputs = {"prob": prob, "local": logits}
+    if config.presence_head:
+        outputs = with_presence(outputs, bottom, config.num_labels, config.local.leaky_alpha, dtype)
+    return keras.Model(image, outputs, name=config.architecture)

@@ -151,3 +151,36 @@ class SCNCombine(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PresenceScale(layers.Layer):
+    """Scale each organ's probability by the probability that the organ is in the input (seed 001's
+    attention module), and move the removed mass to the background; no parameters, float32.
+
+    ``prob`` ``(b, z, y, x, labels)`` holds independent per-label probabilities (channel 0 the
+    background), ``presence_logits`` ``(b, labels - 1)`` one logit per organ, ``q = sigmoid``:
+
+    * organ ``c``: ``p_c' = p_c q_c`` (at this voxel *and* in this scan);
+    * background: ``p_bg' = 1 - (1 - p_bg) prod_c (1 - p_c (1 - q_c))``, "background or a
+      suppressed organ": the rule :func:`flare_seg.training.partial.recalibrate_independent` uses
+      for unannotated organs, here with each organ's suppressed share ``p_c (1 - q_c)``.
+
+    Every output stays in [0, 1], ``q = 1`` returns ``prob`` unchanged, and a suppressed organ's
+    voxels go to the background under argmax rather than to whichever other organ is next.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def call(self, prob, presence_logits):
+        prob = ops.cast(prob, "float32")
+        q = ops.sigmoid(ops.cast(presence_logits, "float32"))[:, None, None, None, :]
+        organs = prob[..., 1:]
+        kept = ops.prod(1.0 - organs * (1.0 - q), axis=-1, keepdims=True)
+        background = 1.0 - (1.0 - prob[..., :1]) * kept
+        return ops.concatenate([background, organs * q], axis=-1)
+
+    def compute_output_shape(self, prob_shape, presence_logits_shape):
+        return prob_shape

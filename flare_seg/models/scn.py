@@ -16,7 +16,8 @@ from keras import layers
 
 from flare_seg.config import SegmenterConfig
 from flare_seg.models.layers import LinearUpSampling3D, SCNCombine, SelectChannels, StopGradient
-from flare_seg.models.unet import unet
+from flare_seg.models.presence import with_presence
+from flare_seg.models.unet import unet, unet_features
 
 
 def spatial_inputs(label: int, num_labels: int, image_channels: int = 1) -> list[int]:
@@ -32,13 +33,14 @@ def build_scn(config: SegmenterConfig) -> keras.Model:
 
     ``prob`` is the final per-label probability (float32), ``local`` and ``spatial`` are the two
     parts' logits (the loss needs all three). Sizes must be multiples of 32 (x4 pooling then a
-    4-level U-Net).
+    4-level U-Net). With ``config.presence_head``, ``prob`` is scaled by the organ-presence head
+    and its logits are output ``"presence"`` ``(b, labels - 1)`` (:mod:`flare_seg.models.presence`).
     """
     dtype = keras.DTypePolicy(config.dtype_policy)
     n = config.num_labels
     f = config.spatial_downsample
     image = keras.Input(shape=(None, None, None, config.input_channels), name="image")
-    local_logits = unet(image, config.local, n, "local", dtype)
+    local_logits, bottom = unet_features(image, config.local, n, "local", dtype)
     local_maps = layers.Activation("sigmoid", name="local_sigmoid", dtype="float32")(local_logits)
     local_maps = StopGradient(name="local_stop_gradient", dtype="float32")(local_maps)
     image_small = layers.AveragePooling3D(f, name="spatial_image_pool", dtype="float32")(image)
@@ -52,4 +54,7 @@ def build_scn(config: SegmenterConfig) -> keras.Model:
     spatial_small = layers.Concatenate(name="spatial_logits_small", dtype="float32")(spatial)
     spatial_logits = LinearUpSampling3D(f, name="spatial_upsample", dtype="float32")(spatial_small)
     prob = SCNCombine(config.combination, name="combine")(local_logits, spatial_logits)
-    return keras.Model(image, {"prob": prob, "local": local_logits, "spatial": spatial_logits}, name="scn")
+    outputs = {"prob": prob, "local": local_logits, "spatial": spatial_logits}
+    if config.presence_head:
+        outputs = with_presence(outputs, bottom, n, config.local.leaky_alpha, dtype)
+    return keras.Model(image, outputs, name="scn")

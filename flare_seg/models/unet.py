@@ -30,6 +30,13 @@ def unet(x, net: NetworkConfig, num_outputs: int, name: str, dtype=None, skip_ga
 
     ``skip_gate(skip, gating, level)``, if given, filters each skip connection with the coarser
     level's features before the concatenation (seed 003's attention gates)."""
+    return unet_features(x, net, num_outputs, name, dtype, skip_gate)[0]
+
+
+def unet_features(x, net: NetworkConfig, num_outputs: int, name: str, dtype=None, skip_gate=None):
+    """:func:`unet`, returning ``(logits, bottom)``: ``bottom`` is the coarsest level's feature map
+    (the output of the bottom block on the way up, ``{name}_up{levels - 1}``), what a head on the
+    whole input's content reads (:mod:`flare_seg.models.presence`)."""
     skips = []
     for level in range(net.levels):
         if level > 0:
@@ -37,13 +44,15 @@ def unet(x, net: NetworkConfig, num_outputs: int, name: str, dtype=None, skip_ga
         x = conv_block(x, net.filters, net, f"{name}_down{level}", dtype)
         skips.append(x)
     x = conv_block(x, net.filters, net, f"{name}_up{net.levels - 1}", dtype)
+    bottom = x
     for level in reversed(range(net.levels - 1)):
         skip = skips[level] if skip_gate is None else skip_gate(skips[level], x, level)
         x = LinearUpSampling3D(2, name=f"{name}_upsample{level}", dtype=dtype)(x)
         x = layers.Concatenate(name=f"{name}_skip{level}", dtype=dtype)([skip, x])
         x = conv_block(x, net.filters, net, f"{name}_up{level}", dtype)
-    return layers.Conv3D(num_outputs, 1, kernel_initializer="he_normal", name=f"{name}_logits",
-                         dtype="float32")(x)
+    logits = layers.Conv3D(num_outputs, 1, kernel_initializer="he_normal", name=f"{name}_logits",
+                           dtype="float32")(x)
+    return logits, bottom
 
 
 def build_localizer(config: LocalizerConfig) -> keras.Model:

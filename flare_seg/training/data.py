@@ -184,6 +184,15 @@ def _crop_record(record: GridRecord, size_zyx, rng: np.random.Generator | None) 
                       tuple(float(v) for v in start), record.step)
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One sample: network input, one-hot target and the volume of one network-grid voxel."""
+
+    x: np.ndarray
+    target: np.ndarray
+    voxel_ml: float
+
+
 class _Sampler(abc.ABC):
     """Shared sampling: a base grid per case, optional fixed-size crop, one warp for image and labels."""
 
@@ -213,6 +222,11 @@ class _Sampler(abc.ABC):
         With ``augment_data=False`` the case is ``index % len(cases)`` and the crop is centred
         (deterministic validation samples).
         """
+        drawn = self.draw(index, augment_data)
+        return drawn.x, drawn.target
+
+    def draw(self, index: int, augment_data: bool = True) -> Sample:
+        """:meth:`sample` with the grid's voxel volume (what the presence target needs)."""
         rng = np.random.default_rng([self.train.seed, index]) if augment_data else None
         case_index = self._draw_case(rng) if rng is not None else index % len(self.cases)
         case = self.cases[case_index]
@@ -231,7 +245,7 @@ class _Sampler(abc.ABC):
         if rng is not None:
             x = augment.augment_intensity(rng, x, cfg, self.intensity.clip)
         x = self.extra_channels(x, case_index, coords, rng)
-        return x, self.case_target(labels, case_index)
+        return Sample(x, self.case_target(labels, case_index), float(np.prod(record.spacing_mm)) / 1000.0)
 
     def _draw_case(self, rng: np.random.Generator) -> int:
         """A case index: uniform, or by the cases' ``weight`` when they differ (``--data`` mixing)."""

@@ -17,7 +17,7 @@ import numpy as np
 from flare_seg.config import DataConfig, LocalizerConfig, SegmenterConfig, TrainConfig
 from flare_seg.synth.domain_rand import DomainRandConfig, generate
 from flare_seg.synth.label_maps import LabelMap, bundled_label_maps, phantom_label_map
-from flare_seg.training.data import LocSampler, SegSampler, TrainCase
+from flare_seg.training.data import LocSampler, Sample, SegSampler, TrainCase
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,13 @@ class GeneratedSampler:
         return TrainCase(f"gen_{index}_{lm.name}", g.image_hu, g.labels, g.spacing_mm)
 
     def sample(self, index: int, augment_data: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        drawn = self.draw(index, augment_data)
+        return drawn.x, drawn.target
+
+    def draw(self, index: int, augment_data: bool = True) -> Sample:
         case = self.case(index)
         if isinstance(self.model_config, LocalizerConfig):
             inner = LocSampler([case], self.train, self.model_config.preprocess)
         else:
             inner = SegSampler([case], self.train, self.model_config.preprocess, self.model_config.num_labels)
-        return inner.sample(index, augment_data)
+        return inner.draw(index, augment_data)

@@ -115,12 +115,17 @@ def batch_of(x: np.ndarray) -> np.ndarray:
 
 
 def make_dataset(sampler, names: tuple[str, ...], start_step: int, num_steps: int, workers: int,
-                 batch_size: int = 1):
+                 batch_size: int = 1, train_config: TrainConfig | None = None):
     """A ``keras.utils.PyDataset`` yielding step ``start_step + i`` as batch ``i``.
 
     The batch is the *global* one (a distribution strategy splits it over its devices): samples
-    ``s * batch_size + j`` of step ``s``, stacked; batch size 1 reads sample ``s`` as it always did."""
+    ``s * batch_size + j`` of step ``s``, stacked; batch size 1 reads sample ``s`` as it always did.
+    The targets per output come from :func:`flare_seg.training.objectives.sample_targets`."""
     import keras
+
+    from flare_seg.training.objectives import sample_targets
+
+    train_config = train_config or TrainConfig()
 
     class _Samples(keras.utils.PyDataset):
         def __init__(self):
@@ -137,14 +142,13 @@ def make_dataset(sampler, names: tuple[str, ...], start_step: int, num_steps: in
             xs, ys = [], []
             for j in range(batch_size):
                 t0 = time.perf_counter()
-                x, y = sampler.sample(step * batch_size + j)
+                x, targets = sample_targets(sampler, step * batch_size + j, names, train_config)
                 with self._lock:
                     self.sample_seconds += time.perf_counter() - t0
                     self.samples += 1
                 xs.append(batch_of(x))
-                ys.append(y)
-            target = np.stack(ys)
-            return np.concatenate(xs), {name: target for name in names}
+                ys.append(targets)
+            return np.concatenate(xs), {name: np.stack([t[name] for t in ys]) for name in ys[0]}
 
     return _Samples()
 
@@ -246,14 +250,19 @@ def load_checkpoint(paths: RunPaths, model) -> int:
 
 
 def validate(model, sampler, model_config, num_cases: int) -> dict[str, float]:
-    """Mean DSC per label on deterministic (un-augmented) validation samples, on the network grid."""
+    """Mean DSC per label on deterministic (un-augmented) validation samples, on the network grid;
+    with a presence head also ``val_presence_acc``, the share of annotated organs it gets right."""
     from flare_seg.evaluation.metrics import dice
 
     names = output_names(model_config)
     scores: dict[str, list[float]] = {}
+    presence: list[float] = []
     for i in range(num_cases):
-        x, y = sampler.sample(i, augment_data=False)
-        out = model.predict_on_batch(batch_of(x))
+        drawn = sampler.draw(i, augment_data=False)
+        y = drawn.target
+        out = model.predict_on_batch(batch_of(drawn.x))
+        if "presence" in names:
+            presence += _presence_accuracy(drawn, sampler.train.presence_min_ml, out["presence"])
         pred = np.argmax(np.asarray(out[names[0]])[0], axis=-1)
         truth = np.argmax(y, axis=-1)
         if isinstance(model_config, LocalizerConfig):  # a per-organ localizer: foreground = any organ
@@ -262,7 +271,18 @@ def validate(model, sampler, model_config, num_cases: int) -> dict[str, float]:
         for label in labels:
             name = "foreground" if isinstance(model_config, LocalizerConfig) else NAMES[label]
             scores.setdefault(name, []).append(dice(pred == label, truth == label))
-    return {f"val_dsc_{k}": float(np.mean(v)) for k, v in scores.items()}
+    result = {f"val_dsc_{k}": float(np.mean(v)) for k, v in scores.items()}
+    if presence:
+        result["val_presence_acc"] = float(np.mean(presence))
+    return result
+
+
+def _presence_accuracy(drawn, min_ml: float, logits) -> list[float]:
+    """A validation sample's presence accuracy over its annotated organs (none annotated: empty)."""
+    from flare_seg.training.presence import presence_accuracy, presence_target
+
+    accuracy = presence_accuracy(presence_target(drawn.target, drawn.voxel_ml, min_ml), np.asarray(logits)[0])
+    return [] if accuracy is None else [accuracy]
 
 
 def mean_validation_dsc(row: dict) -> float | None:
@@ -512,7 +532,7 @@ def train(
         log.info("%s: already at step %d of %d", paths.root, start_step, train_config.steps)
         return result
     dataset = make_dataset(sampler, output_names(model_config), start_step, remaining, train_config.workers,
-                           train_config.batch_size)
+                           train_config.batch_size, train_config)
     run = _Progress(start_step, train_config.steps, progress)
     writer = WeightsWriter(model_config)  # one device: it only copies weights to files
     callbacks = _callbacks(run, paths, model_config, train_config, val_sampler,
