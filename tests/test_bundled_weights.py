@@ -16,7 +16,7 @@ from flare_seg.evaluation import metrics
 from flare_seg.predict import Segmenter, default_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Liver DSC on the real slab: the bundled weights measured 0.65 (weights/MODEL_CARD.md); the same
+#: Liver DSC on the real slab: the bundled weights measured 0.65 (0.68 on a 64-slice grid, MODEL_CARD.md); the same
 #: prediction mirrored left-right scores 0.09, mirrored front-back 0.41, shifted 29 mm sideways 0.49.
 LIVER_FLOOR = 0.5
 #: Organ volume (ml) wrongly found in the chest CT above the diaphragm: the bundled weights find
