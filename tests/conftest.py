@@ -19,6 +19,23 @@ BUNDLED_DATA = Path(__file__).resolve().parent / "data"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def blob_case(i: int, hu=(100, 180, 60, 40), organs: bool = True):
+    """A 40x48x48 body at 4 mm with the four organs as balls of HU ``hu`` shifted ``i`` slices (none
+    when not ``organs``): the tiny training case of the methods' tests."""
+    from flare_seg.training.data import TrainCase
+
+    z, y, x = np.mgrid[:40, :48, :48]
+    image = np.full((40, 48, 48), -1000, np.int16)
+    labels = np.zeros((40, 48, 48), np.uint8)
+    image[((y - 24) / 20) ** 2 + ((x - 24) / 20) ** 2 < 1] = 0
+    for label, ((cz, cy, cx, r), value) in enumerate(zip([(20, 20, 15, 7), (14, 30, 34, 4), (24, 28, 36, 5),
+                                                          (18, 18, 28, 3)], hu, strict=True), 1):
+        mask = (z - cz - i) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 < r * r
+        if organs:
+            labels[mask], image[mask] = label, value
+    return TrainCase(f"blob{i}" if organs else f"empty{i}", image, labels, (4.0, 4.0, 4.0))
+
+
 def shared_file(relative: str) -> Path:
     """A real-data file: from ``tests/data`` (bundled), else ``../shared/data``, else skip with the reason."""
     for root in (BUNDLED_DATA, SHARED_DATA):

@@ -10,7 +10,7 @@ import shutil
 import keras
 import numpy as np
 import pytest
-from conftest import tiny_configs
+from conftest import blob_case, tiny_configs
 
 from flare_seg import anatomical
 from flare_seg.cli.main import main as cli
@@ -19,7 +19,6 @@ from flare_seg.geometry import Geometry
 from flare_seg.models import build_model
 from flare_seg.models.attention_unet import attention_gate
 from flare_seg.preprocess import GridRecord
-from flare_seg.training.data import TrainCase
 from flare_seg.training.samplers import PartialSegSampler
 
 
@@ -91,23 +90,11 @@ def test_resample_between_grids_of_the_same_input():
     np.testing.assert_array_equal(anatomical.resample_between(ramp, coarse, coarse), ramp)
 
 
-def _blob_case(i: int) -> TrainCase:
-    z, y, x = np.mgrid[:40, :48, :48]
-    image = np.full((40, 48, 48), -1000, np.int16)
-    labels = np.zeros((40, 48, 48), np.uint8)
-    image[((y - 24) / 20) ** 2 + ((x - 24) / 20) ** 2 < 1] = 0
-    for label, (cz, cy, cx, r, hu) in enumerate([(20, 20, 15, 7, 100), (14, 30, 34, 4, 180),
-                                                 (24, 28, 36, 5, 60), (18, 18, 28, 3, 40)], 1):
-        mask = (z - cz - i) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 < r * r
-        labels[mask], image[mask] = label, hu
-    return TrainCase(f"blob{i}", image, labels, (4.0, 4.0, 4.0))
-
-
 def test_anatomical_sampler_channel_follows_the_mask_and_is_perturbed_only_when_training():
     _, seg = tiny_configs()
     config = replace(seg, anatomical_attention=True)
     train = TrainConfig(train_size_zyx=(32, 32, 32))
-    sampler = PartialSegSampler([_blob_case(0)], train, config)
+    sampler = PartialSegSampler([blob_case(0)], train, config)
     x, y = sampler.sample(0, augment_data=False)
     assert x.shape == (32, 32, 32, 2) and y.shape == (32, 32, 32, 5)
     organ = y[..., 1:].sum(-1) > 0
@@ -121,7 +108,7 @@ def _write_data(folder):
 
     folder.mkdir()
     for i in range(2):
-        case = _blob_case(i)
+        case = blob_case(i)
         geometry = Geometry(case.image_hu.shape, case.spacing_mm)
         write_image(case.image_hu, geometry, folder / f"blob{i}_0000.nii.gz")
         write_labels(case.labels, geometry, folder / f"blob{i}.nii.gz")
@@ -184,9 +171,9 @@ def test_per_organ_localizer_trains_on_partial_labels_with_the_hybrid_loss(tmp_p
     loc, _ = tiny_configs()
     loc = replace(loc, num_labels=5)
     cfg = TrainConfig(steps=2, checkpoint_every=2, validate_every=2, loss="hybrid", learning_rate=1e-3)
-    cases = [dataclasses.replace(_blob_case(i), annotated=(i + 1,)) for i in range(2)]
+    cases = [dataclasses.replace(blob_case(i), annotated=(i + 1,)) for i in range(2)]
     _, target = make_sampler(loc, cfg, cases).sample(0, augment_data=False)
     assert target.shape[-1] == 5 and target[..., 2:].min() == -1.0  # case 0 labels the liver only
-    result = train(loc, cfg, cases, tmp_path / "loc", val_cases=[_blob_case(3)], progress=False)
+    result = train(loc, cfg, cases, tmp_path / "loc", val_cases=[blob_case(3)], progress=False)
     row = result.log_rows[-1]
     assert np.isfinite(float(row["loss"])) and "val_dsc_foreground" in row

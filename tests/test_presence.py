@@ -11,7 +11,7 @@ import shutil
 import keras
 import numpy as np
 import pytest
-from conftest import tiny_configs
+from conftest import blob_case, tiny_configs
 
 from flare_seg.cli.main import main as cli
 from flare_seg.config import TrainConfig, from_dict, load_config, replace, save_config, to_dict
@@ -19,28 +19,15 @@ from flare_seg.geometry import Geometry
 from flare_seg.models import build_model
 from flare_seg.models.layers import PresenceScale
 from flare_seg.training import objectives
-from flare_seg.training.data import TrainCase
 from flare_seg.training.partial import UNKNOWN
 from flare_seg.training.presence import presence_accuracy, presence_cross_entropy, presence_target
 from flare_seg.training.samplers import PartialSegSampler
 
+#: The organs far brighter than the body, so a few steps learn them.
+BRIGHT = (400, 700, 250, 150)
 
 def _np(x):
     return np.asarray(keras.ops.convert_to_numpy(x))
-
-
-def _blob_case(i: int, organs: bool = True) -> TrainCase:
-    """A 40x48x48 body at 4 mm with the four organs as bright balls (none when not ``organs``)."""
-    z, y, x = np.mgrid[:40, :48, :48]
-    image = np.full((40, 48, 48), -1000, np.int16)
-    labels = np.zeros((40, 48, 48), np.uint8)
-    image[((y - 24) / 20) ** 2 + ((x - 24) / 20) ** 2 < 1] = 0
-    for label, (cz, cy, cx, r, hu) in enumerate([(20, 20, 15, 7, 400), (14, 30, 34, 4, 700),
-                                                 (24, 28, 36, 5, 250), (18, 18, 28, 3, 150)], 1):
-        mask = (z - cz - i) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 < r * r
-        if organs:
-            labels[mask], image[mask] = label, hu
-    return TrainCase(f"blob{i}" if organs else f"empty{i}", image, labels, (4.0, 4.0, 4.0))
 
 
 def _x(seed=0, channels=1):
@@ -144,7 +131,8 @@ def test_samples_carry_the_presence_target_of_their_crop_and_annotations():
     assert "presence" not in objectives.output_names(seg)
     train = TrainConfig(train_size_zyx=(32, 32, 32), augment=dataclasses.replace(TrainConfig().augment,
                                                                                   enabled=False))
-    cases = [_blob_case(0), dataclasses.replace(_blob_case(1), annotated=(1, 3)), _blob_case(2, organs=False)]
+    cases = [blob_case(0, BRIGHT), dataclasses.replace(blob_case(1, BRIGHT), annotated=(1, 3)),
+             blob_case(2, BRIGHT, organs=False)]
     sampler = PartialSegSampler(cases, train, config)
     targets = [objectives.sample_targets(sampler, i, names, train)[1] for i in range(40)]
     seen = {tuple(t["presence"]) for t in targets}
@@ -223,7 +211,8 @@ def test_presence_head_is_refused_for_the_localizer(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_presence_head_trains_resumes_predicts_and_refuses_the_exported_engines(tmp_path, tiny_model_dir, capsys):
-    geometry = _write_data(tmp_path / "data", [_blob_case(0), _blob_case(1), _blob_case(2, organs=False)])
+    geometry = _write_data(tmp_path / "data",
+                           [blob_case(0, BRIGHT), blob_case(1, BRIGHT), blob_case(2, BRIGHT, organs=False)])
     _, seg = tiny_configs()
     save_config(replace(seg, preprocess=replace(seg.preprocess, grid=replace(seg.preprocess.grid, spacing_mm=4.0))),
                 tmp_path / "seg.json")
@@ -287,7 +276,7 @@ def test_training_reduces_the_presence_loss(tmp_path):
     cfg = TrainConfig(steps=80, checkpoint_every=80, validate_every=80, learning_rate=5e-3, presence_weight=5.0,
                       seed=5, augment=dataclasses.replace(TrainConfig().augment, enabled=False))
     cases = [dataclasses.replace(c, image_hu=np.where(c.labels > 0, 1200, 0).astype(np.int16))
-             for c in (_blob_case(0), _blob_case(3, organs=False))]
+             for c in (blob_case(0, BRIGHT), blob_case(3, BRIGHT, organs=False))]
     sampler = PartialSegSampler(cases, cfg, config)
     samples = [sampler.draw(i, augment_data=False) for i in range(2)]
     assert all(s.x.shape == (32, 32, 32) for s in samples) and samples[1].x.max() == samples[1].x.min() == 0
