@@ -36,6 +36,55 @@ def blob_case(i: int, hu=(100, 180, 60, 40), organs: bool = True):
     return TrainCase(f"blob{i}" if organs else f"empty{i}", image, labels, (4.0, 4.0, 4.0))
 
 
+def write_dataset(folder: Path, cases):
+    """``cases`` as a FLARE-named data folder (``<case>_0000.nii.gz`` + ``<case>.nii.gz``); returns the
+    last case's geometry (all the blob cases share it)."""
+    from flare_seg.geometry import Geometry
+    from flare_seg.io import write_image, write_labels
+
+    folder.mkdir()
+    for case in cases:
+        geometry = Geometry(case.image_hu.shape, case.spacing_mm)
+        write_image(case.image_hu, geometry, folder / f"{case.case_id}_0000.nii.gz")
+        write_labels(case.labels, geometry, folder / f"{case.case_id}.nii.gz")
+    return geometry
+
+
+def train_tiny_segmenter_cli(tmp_path: Path, data: Path, *flags: str) -> Path:
+    """Train a tiny segmenter (4 mm grid) on ``data`` through ``flare-seg train`` for 2 steps with
+    ``flags``, resume it to step 4 with no flags; returns the run folder."""
+    import json
+
+    from flare_seg.cli.main import main as cli
+    from flare_seg.config import replace, save_config
+
+    _, seg = tiny_configs()
+    save_config(replace(seg, preprocess=replace(seg.preprocess, grid=replace(seg.preprocess.grid, spacing_mm=4.0))),
+                tmp_path / "seg.json")
+    run = tmp_path / "run"
+    common = ["train", "--net", "seg", "--out", str(run), "--no-carbon", "--no-progress", "--checkpoint-every", "2",
+              "--validate-every", "2"]
+    assert cli(common + ["--data", str(data), "--val-data", str(data), "--config", str(tmp_path / "seg.json"),
+                         "--steps", "2", "--train-size", "32,32,32", *flags]) == 0
+    assert cli(common + ["--resume", "--steps", "4"]) == 0
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 4
+    return run
+
+
+def everything_is_foreground(folder: Path) -> None:
+    """Make a random localizer (``folder``) call every voxel foreground, so the segmenter always runs."""
+    from flare_seg.config import load_config
+    from flare_seg.models import build_model
+
+    model = build_model(load_config(folder / "config.json"))
+    model.load_weights(folder / "model.weights.h5")
+    logits = model.get_layer("loc_logits")
+    kernel, _ = logits.get_weights()
+    logits.set_weights([np.zeros_like(kernel), np.array([-10.0, 10.0], "float32")])
+    model.save_weights(folder / "model.weights.h5")
+    (folder / "model.weights.h5.sha256").unlink()
+
+
 def shared_file(relative: str) -> Path:
     """A real-data file: from ``tests/data`` (bundled), else ``../shared/data``, else skip with the reason."""
     for root in (BUNDLED_DATA, SHARED_DATA):

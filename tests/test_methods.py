@@ -10,12 +10,11 @@ import shutil
 import keras
 import numpy as np
 import pytest
-from conftest import blob_case, tiny_configs
+from conftest import blob_case, everything_is_foreground, tiny_configs, train_tiny_segmenter_cli, write_dataset
 
 from flare_seg import anatomical
 from flare_seg.cli.main import main as cli
 from flare_seg.config import SegmenterConfig, TrainConfig, load_config, replace, save_config
-from flare_seg.geometry import Geometry
 from flare_seg.models import build_model
 from flare_seg.models.attention_unet import attention_gate
 from flare_seg.preprocess import GridRecord
@@ -103,38 +102,17 @@ def test_anatomical_sampler_channel_follows_the_mask_and_is_perturbed_only_when_
     assert not np.array_equal(sampler.sample(1)[0][..., 1], sampler.sample(2)[0][..., 1])
 
 
-def _write_data(folder):
-    from flare_seg.io import write_image, write_labels
-
-    folder.mkdir()
-    for i in range(2):
-        case = blob_case(i)
-        geometry = Geometry(case.image_hu.shape, case.spacing_mm)
-        write_image(case.image_hu, geometry, folder / f"blob{i}_0000.nii.gz")
-        write_labels(case.labels, geometry, folder / f"blob{i}.nii.gz")
-    return geometry
-
-
 @pytest.mark.parametrize("flags", [["--architecture", "unet"], ["--architecture", "attention_unet"],
                                    ["--anatomical-attention"]])
 def test_each_option_trains_resumes_and_predicts_through_the_cli(tmp_path, tiny_model_dir, flags):
-    geometry = _write_data(tmp_path / "data")
-    _, seg = tiny_configs()
-    save_config(replace(seg, preprocess=replace(seg.preprocess, grid=replace(seg.preprocess.grid, spacing_mm=4.0))),
-                tmp_path / "seg.json")
-    run = tmp_path / "run"
-    common = ["train", "--net", "seg", "--out", str(run), "--no-carbon", "--no-progress", "--checkpoint-every", "2",
-              "--validate-every", "2"]
-    assert cli(common + ["--data", str(tmp_path / "data"), "--val-data", str(tmp_path / "data"), "--config",
-                         str(tmp_path / "seg.json"), "--steps", "2", "--train-size", "32,32,32", *flags]) == 0
-    assert cli(common + ["--resume", "--steps", "4"]) == 0
-    assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 4
+    geometry = write_dataset(tmp_path / "data", [blob_case(0), blob_case(1)])
+    run = train_tiny_segmenter_cli(tmp_path, tmp_path / "data", *flags)
     config = load_config(run / "config.json")
     assert (config.architecture, config.anatomical_attention) == (
         flags[1] if flags[0] == "--architecture" else "scn", flags == ["--anatomical-attention"])
     models = tmp_path / "models"
     shutil.copytree(tiny_model_dir / "loc", models / "loc")
-    _everything_is_foreground(models / "loc")
+    everything_is_foreground(models / "loc")
     (models / "seg").mkdir()
     for name in ("config.json", "model.weights.h5"):
         shutil.copy(run / name, models / "seg" / name)
@@ -148,18 +126,6 @@ def test_each_option_trains_resumes_and_predicts_through_the_cli(tmp_path, tiny_
     assert out_geometry.matches(geometry) and set(np.unique(labels)) <= {0, 1, 2, 3, 4}
     case = json.loads(report.read_text())["cases"][0]
     assert case["status"] == "ok" and "segmenter" in case  # the segmenter ran (a 2-channel net needs its map)
-
-
-def _everything_is_foreground(folder):
-    """Make a random localizer call every voxel foreground, so the segmenter always runs."""
-    config = load_config(folder / "config.json")
-    model = build_model(config)
-    model.load_weights(folder / "model.weights.h5")
-    logits = model.get_layer("loc_logits")
-    kernel, _ = logits.get_weights()
-    logits.set_weights([np.zeros_like(kernel), np.array([-10.0, 10.0], "float32")])
-    model.save_weights(folder / "model.weights.h5")
-    (folder / "model.weights.h5.sha256").unlink()
 
 
 def test_per_organ_localizer_trains_on_partial_labels_with_the_hybrid_loss(tmp_path):

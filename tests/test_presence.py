@@ -11,11 +11,10 @@ import shutil
 import keras
 import numpy as np
 import pytest
-from conftest import blob_case, tiny_configs
+from conftest import blob_case, everything_is_foreground, tiny_configs, train_tiny_segmenter_cli, write_dataset
 
 from flare_seg.cli.main import main as cli
 from flare_seg.config import TrainConfig, from_dict, load_config, replace, save_config, to_dict
-from flare_seg.geometry import Geometry
 from flare_seg.models import build_model
 from flare_seg.models.layers import PresenceScale
 from flare_seg.training import objectives
@@ -181,28 +180,6 @@ def test_a_head_that_says_absent_suppresses_that_organ():
 # ----------------------------------------------------------------------------- end to end
 
 
-def _write_data(folder, cases):
-    from flare_seg.io import write_image, write_labels
-
-    folder.mkdir()
-    for case in cases:
-        geometry = Geometry(case.image_hu.shape, case.spacing_mm)
-        write_image(case.image_hu, geometry, folder / f"{case.case_id}_0000.nii.gz")
-        write_labels(case.labels, geometry, folder / f"{case.case_id}.nii.gz")
-    return geometry
-
-
-def _everything_is_foreground(folder):
-    """Make a random localizer call every voxel foreground, so the segmenter always runs."""
-    model = build_model(load_config(folder / "config.json"))
-    model.load_weights(folder / "model.weights.h5")
-    logits = model.get_layer("loc_logits")
-    kernel, _ = logits.get_weights()
-    logits.set_weights([np.zeros_like(kernel), np.array([-10.0, 10.0], "float32")])
-    model.save_weights(folder / "model.weights.h5")
-    (folder / "model.weights.h5.sha256").unlink()
-
-
 def test_presence_head_is_refused_for_the_localizer(tmp_path, capsys):
     assert cli(["train", "--net", "loc", "--out", str(tmp_path / "run"), "--synthetic", "1", "--presence-head",
                 "--no-carbon", "--no-progress"]) == 2
@@ -211,19 +188,9 @@ def test_presence_head_is_refused_for_the_localizer(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_presence_head_trains_resumes_predicts_and_refuses_the_exported_engines(tmp_path, tiny_model_dir, capsys):
-    geometry = _write_data(tmp_path / "data",
-                           [blob_case(0, BRIGHT), blob_case(1, BRIGHT), blob_case(2, BRIGHT, organs=False)])
-    _, seg = tiny_configs()
-    save_config(replace(seg, preprocess=replace(seg.preprocess, grid=replace(seg.preprocess.grid, spacing_mm=4.0))),
-                tmp_path / "seg.json")
-    run = tmp_path / "run"
-    common = ["train", "--net", "seg", "--out", str(run), "--no-carbon", "--no-progress", "--checkpoint-every", "2",
-              "--validate-every", "2"]
-    assert cli(common + ["--data", str(tmp_path / "data"), "--val-data", str(tmp_path / "data"), "--config",
-                         str(tmp_path / "seg.json"), "--steps", "2", "--train-size", "32,32,32", "--presence-head",
-                         "--presence-weight", "2"]) == 0
-    assert cli(common + ["--resume", "--steps", "4"]) == 0
-    assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 4
+    geometry = write_dataset(tmp_path / "data",
+                             [blob_case(0, BRIGHT), blob_case(1, BRIGHT), blob_case(2, BRIGHT, organs=False)])
+    run = train_tiny_segmenter_cli(tmp_path, tmp_path / "data", "--presence-head", "--presence-weight", "2")
     assert load_config(run / "config.json").presence_head
     assert json.loads((run / "train_config.json").read_text())["presence_weight"] == 2.0
     log_text = (run / "train_log.csv").read_text()
@@ -231,7 +198,7 @@ def test_presence_head_trains_resumes_predicts_and_refuses_the_exported_engines(
 
     models = tmp_path / "models"
     shutil.copytree(tiny_model_dir / "loc", models / "loc")
-    _everything_is_foreground(models / "loc")
+    everything_is_foreground(models / "loc")
     (models / "seg").mkdir()
     model = build_model(load_config(run / "config.json"))
     model.load_weights(run / "model.weights.h5")
