@@ -184,7 +184,8 @@ class Segmenter:
 
         model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
         chosen = choose_engine(engine, device)
-        if engine is None and chosen != "tensorflow" and has_presence_head(model_dir):
+        presence = has_presence_head(model_dir)
+        if engine is None and chosen != "tensorflow" and presence:
             log.warning("%s: %s: using the tensorflow engine", model_dir / "seg", PRESENCE_UNSUPPORTED)
             chosen = "tensorflow"
         if engine is None and chosen != "tensorflow" and not is_exported(model_dir):
@@ -192,7 +193,7 @@ class Segmenter:
                         model_dir, model_dir, model_dir)
             chosen = "tensorflow"
         engine = chosen
-        if engine != "tensorflow" and has_presence_head(model_dir):  # before the localizer's own errors
+        if engine != "tensorflow" and presence:  # before the localizer's own errors
             raise ValueError(f"{model_dir / 'seg'}: {PRESENCE_UNSUPPORTED}; use --engine tensorflow")
         from flare_seg.engines import resolve_precision
 

@@ -265,13 +265,14 @@ def generate(rng: np.random.Generator, lm: LabelMap, cfg: DomainRandConfig | Non
     cfg = cfg or DomainRandConfig()
     negative = cfg.organ_margin_mm is not None and rng.random() < cfg.negative_probability
     gen = deform(rng, lm, cfg, whole=negative)
-    cut = negative_cut(rng, lm.to_flare[gen], cfg) if negative else None
+    flare = lm.to_flare[gen]
+    cut = negative_cut(rng, flare, cfg) if negative else None
     if cut is not None:
         kind = "negative"
     else:
-        cut, kind = fov_cut(rng, lm.to_flare[gen], cfg)
+        cut, kind = fov_cut(rng, flare, cfg)
     gen = np.ascontiguousarray(gen[cut])
-    flare = lm.to_flare[gen]
+    flare = np.ascontiguousarray(flare[cut])
     mean, spread, realistic = draw_intensities(rng, lm, cfg)
     image = mean[gen]
     image += spread[gen] * rng.standard_normal(gen.shape, dtype=np.float32)

@@ -19,10 +19,8 @@ from __future__ import annotations
 import numpy as np
 from keras import ops
 
+from flare_seg.models.presence import OUTPUT  # noqa: F401 (the output the head's logits come out of)
 from flare_seg.training.partial import UNKNOWN
-
-#: The model output the head's logits come out of (:data:`flare_seg.models.presence.OUTPUT`).
-OUTPUT = "presence"
 
 
 def presence_target(target: np.ndarray, voxel_ml: float, min_ml: float = 0.5) -> np.ndarray:
