@@ -45,6 +45,8 @@ EXPORT_FILE = "export.json"
 FORMATS = ("onnx", "openvino")
 #: The tensor each network's engines must return (what :class:`flare_seg.predict.Segmenter` reads).
 OUTPUTS = {"localizer": "logits", "segmenter": "prob"}
+#: Seed 001's presence head: the model output and the tensor (its last Dense layer) the pieces carry.
+PRESENCE_OUTPUT, PRESENCE_LOGITS = "presence", "presence_logits"
 _TO_CHANNELS_LAST = [0, 2, 3, 4, 1]
 
 
@@ -99,6 +101,37 @@ def _combine(g: _Graph, layer, local: str, spatial: str) -> str:
     return g.node("Add", [blend, rest], n)
 
 
+def _dense(g: _Graph, layer, x: str) -> str:
+    kernel, bias = (np.asarray(w, dtype=np.float32) for w in layer.get_weights())
+    if layer.activation.__name__ != "linear":
+        raise ValueError(f"{layer.name}: fused activation {layer.activation.__name__} is not exported")
+    product = g.node("MatMul", [x, g.const(f"{layer.name}.kernel", kernel)], f"{layer.name}.matmul")
+    return g.node("Add", [product, g.const(f"{layer.name}.bias", bias)], layer.name)
+
+
+def _presence_scale(g: _Graph, layer, prob: str, logits: str) -> str:
+    """:class:`flare_seg.models.layers.PresenceScale` on channels-first ``prob`` ``(1, labels, z, y, x)``.
+
+    The spatial tensor comes first in every node's inputs (:func:`_context` reads z factors so)."""
+    n = layer.name
+    one = g.const(f"{n}.one", np.float32(1.0))
+    q = g.node("Reshape", [g.node("Sigmoid", [logits], f"{n}.q_flat"), g.const(f"{n}.shape", np.array(
+        [0, -1, 1, 1, 1], np.int64))], f"{n}.q")
+    axis = g.const(f"{n}.axis", np.array([1], np.int64))
+    background = g.node("Slice", [prob, g.const(f"{n}.start0", np.array([0], np.int64)),
+                                  g.const(f"{n}.end0", np.array([1], np.int64)), axis], f"{n}.p_bg")
+    end = np.array([np.iinfo(np.int64).max], np.int64)
+    organs = g.node("Slice", [prob, g.const(f"{n}.start1", np.array([1], np.int64)), g.const(f"{n}.end1", end), axis],
+                    f"{n}.p_organs")
+    suppressed = g.node("Mul", [organs, g.node("Sub", [one, q], f"{n}.one_minus_q")], f"{n}.suppressed")
+    kept = g.node("ReduceProd", [g.node("Sub", [one, suppressed], f"{n}.not_suppressed")], f"{n}.kept",
+                  axes=[1], keepdims=1)
+    not_background = g.node("Mul", [g.node("Sub", [one, background], f"{n}.one_minus_bg"), kept],
+                            f"{n}.not_background")
+    return g.node("Concat", [g.node("Sub", [one, not_background], f"{n}.background"),
+                             g.node("Mul", [organs, q], f"{n}.organs")], n, axis=1)
+
+
 def _layer_node(g: _Graph, layer, inputs: list[str]) -> str:
     """Append the ONNX node(s) of one Keras layer; returns its output tensor's name."""
     kind = type(layer).__name__
@@ -128,6 +161,16 @@ def _layer_node(g: _Graph, layer, inputs: list[str]) -> str:
                       name, axis=1)
     if kind == "SCNCombine":
         return _combine(g, layer, *inputs)
+    if kind in ("GlobalAveragePooling3D", "GlobalMaxPooling3D"):  # (n, c, z, y, x) -> (n, c)
+        if layer.keepdims:
+            raise ValueError(f"{name}: only pooling without keepdims is exported")
+        pooled = g.node("GlobalAveragePool" if kind == "GlobalAveragePooling3D" else "GlobalMaxPool",
+                        inputs, f"{name}.pooled")
+        return g.node("Flatten", [pooled], name, axis=1)
+    if kind == "Dense":
+        return _dense(g, layer, inputs[0])
+    if kind == "PresenceScale":
+        return _presence_scale(g, layer, *inputs)
     raise ValueError(f"{name}: layer type {kind} has no ONNX export")
 
 
@@ -200,15 +243,27 @@ def _split_plan(kind: str, config, depth: int = SPLIT_DEPTH) -> dict:
         pieces[f"tail{suffix(level)}"] = ({level_input(level): 2 ** level, f"{prefix}_up{level + 1}_drop2":
                                            2 ** (level + 1)}, out, True)
     logits = f"{prefix}_logits"
+    presence = kind == "segmenter" and getattr(config, "presence_head", False)
+    if presence:  # seed 001's head pools the whole bottom map: it runs whole, from the core's input
+        pieces = dict(_insert_after(pieces, "core", "presence",
+                                    ({level_input(depth): 2 ** depth}, PRESENCE_LOGITS, False)))
     if kind == "segmenter":  # the spatial part: pooling and combination per slab, the nets at 1/4 whole
         f = config.spatial_downsample
+        combine = {logits: 1, "spatial_logits_small": f} | ({PRESENCE_LOGITS: 0} if presence else {})
         pieces.update({"pool": ({"image": 1, logits: 1}, "spatial_stack", True),
                        "spatial": ({"spatial_stack": f}, "spatial_logits_small", False),
-                       "combine": ({logits: 1, "spatial_logits_small": f}, OUTPUTS[kind], True)})
-    return {"prefix": prefix, "split_depth": depth, "pieces": {
+                       "combine": (combine, OUTPUTS[kind], True)})
+    extra = {"extra_outputs": {PRESENCE_OUTPUT: PRESENCE_LOGITS}} if presence else {}
+    return {"prefix": prefix, "split_depth": depth, **extra, "pieces": {
         name: {"inputs": list(inputs), "input_z_factors": list(inputs.values()), "outputs": [output],
                "slabbed": slabbed, "z_axis": 1 if output == OUTPUTS[kind] else 2}
         for name, (inputs, output, slabbed) in pieces.items()}}
+
+
+def _insert_after(pieces: dict, after: str, name: str, piece) -> list:
+    items = list(pieces.items())
+    at = [n for n, _ in items].index(after) + 1
+    return items[:at] + [(name, piece)] + items[at:]
 
 
 def _attr(node, name: str):
@@ -223,13 +278,15 @@ def _context(piece, input_factors: dict[str, int], initializers: dict) -> tuple[
     Per tensor: its z factor (vs the image) and the depth of the region a cut slab gets wrong. A
     3x3x3 convolution adds one voxel at its resolution, a pooling rounds up to whole output voxels,
     a linear x``r`` upsampling adds ``ceil(r / 2)`` output voxels (the edge clamp), elementwise
-    operations take the deepest input. Checked against the untiled net by the tests.
+    operations take the deepest input. A tensor without a z axis (the presence logits) has factor 0
+    and depth 0, so an elementwise operation with it keeps the spatial input's. Checked against the
+    untiled net by the tests.
     """
     factor = dict(input_factors)
     depth = dict.fromkeys(input_factors, 0)
     for node in piece.graph.node:
         ins = [t for t in node.input if t in factor]
-        fi, di = (factor[ins[0]], max(depth[t] for t in ins)) if ins else (1, 0)
+        fi, di = (max(factor[t] for t in ins), max(depth[t] for t in ins)) if ins else (1, 0)
         fo, do = fi, di
         if node.op_type == "Conv":
             do = di + (_attr(node, "kernel_shape")[0] // 2) * fi
@@ -296,12 +353,9 @@ def export_network(src: Path, dst: Path, kind: str, fmt: str) -> dict:
     """Export one network folder (``config.json`` + weights) into ``dst``; returns its export record."""
     from onnx import numpy_helper
 
-    from flare_seg.config import LocalizerConfig, SegmenterConfig, load_config
-    from flare_seg.engines import PRESENCE_UNSUPPORTED
+    from flare_seg.config import LocalizerConfig, SegmenterConfig
     from flare_seg.predict import CONFIG_FILE, WEIGHTS_FILE, load_model
 
-    if getattr(load_config(src / CONFIG_FILE), "presence_head", False):
-        raise ValueError(f"{src}: cannot export: {PRESENCE_UNSUPPORTED}; run it with --engine tensorflow")
     loaded = load_model(src, LocalizerConfig if kind == "localizer" else SegmenterConfig)
     whole = keras_to_onnx(loaded.model, OUTPUTS[kind], f"flare_seg_{src.name}")
     plan = _split_plan(kind, loaded.config)
@@ -346,11 +400,7 @@ def export(model_dir: str | Path, out_dir: str | Path, fmt: str = "onnx") -> dic
     """Export ``model_dir/{loc,seg}`` into ``out_dir/{loc,seg}`` (each beside its config.json)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    from flare_seg.engines import PRESENCE_UNSUPPORTED, has_presence_head
-
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if has_presence_head(model_dir):  # before the localizer is written: no half-exported folder
-        raise ValueError(f"{model_dir / 'seg'}: cannot export: {PRESENCE_UNSUPPORTED}; run it with --engine tensorflow")
     records = {}
     for net, kind in (("loc", "localizer"), ("seg", "segmenter")):
         if not (model_dir / net).is_dir():

@@ -180,21 +180,15 @@ class Segmenter:
         (:func:`flare_seg.engines.resolve_precision`: bf16 on OpenVINO where the CPU has it natively).
         ``slab_z``: z-slab thickness of the split nets (exported engines only).
         """
-        from flare_seg.engines import PRESENCE_UNSUPPORTED, choose_engine, has_presence_head, is_exported
+        from flare_seg.engines import choose_engine, is_exported
 
         model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
         chosen = choose_engine(engine, device)
-        presence = has_presence_head(model_dir)
-        if engine is None and chosen != "tensorflow" and presence:
-            log.warning("%s: %s: using the tensorflow engine", model_dir / "seg", PRESENCE_UNSUPPORTED)
-            chosen = "tensorflow"
         if engine is None and chosen != "tensorflow" and not is_exported(model_dir):
             log.warning("%s holds no exported networks (flare-seg export -m %s -o %s): using the tensorflow engine",
                         model_dir, model_dir, model_dir)
             chosen = "tensorflow"
         engine = chosen
-        if engine != "tensorflow" and presence:  # before the localizer's own errors
-            raise ValueError(f"{model_dir / 'seg'}: {PRESENCE_UNSUPPORTED}; use --engine tensorflow")
         from flare_seg.engines import resolve_precision
 
         precision = resolve_precision(precision or ("fp16" if fp16 else "fp32"), engine)

@@ -110,6 +110,62 @@ def test_z_slabs_equal_the_untiled_net(exported_dir, engine, rng):
         assert float(np.abs(slabbed - whole).max()) <= 1e-5
 
 
+@pytest.fixture(scope="module")
+def presence_dir(tmp_path_factory) -> Path:
+    """A tiny segmenter with seed 001's presence head (random weights; logit biases -2 .. 1, so the
+    head's scaling changes every organ's probability), exported in both formats."""
+    import keras
+    from conftest import tiny_configs
+
+    from flare_seg.config import replace, save_config
+    from flare_seg.export import export_network
+    from flare_seg.models import build_model
+
+    src, out = tmp_path_factory.mktemp("presence_src"), tmp_path_factory.mktemp("presence_exported")
+    config = replace(tiny_configs()[1], presence_head=True)
+    keras.utils.set_random_seed(7)
+    model = build_model(config)
+    dense = model.get_layer("presence_logits")
+    dense.set_weights([dense.get_weights()[0], np.array([-2.0, -1.0, 0.0, 1.0], np.float32)])
+    save_config(config, src / "config.json")
+    model.save_weights(src / "model.weights.h5")
+    for fmt in ("onnx", "openvino"):
+        export_network(src, out, "segmenter", fmt)
+    return src, out
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_presence_head_exports_and_its_slabs_equal_keras(presence_dir, engine, rng):
+    """The head's piece runs whole, every combine slab takes its logits whole: prob (scaled by the
+    head) and the presence logits equal the Keras model's, at slabs of 8, 22 (not a divisor) and whole."""
+    from flare_seg.engines import load_exported
+    from flare_seg.predict import load_model
+
+    src, out = presence_dir
+    record = json.loads((out / "export.json").read_text())
+    assert list(record["pieces"]) == ["head", "head2", "core", "presence", "tail2", "tail", "pool", "spatial",
+                                      "combine"]
+    assert record["extra_outputs"] == {"presence": "presence_logits"}
+    assert record["pieces"]["combine"]["input_z_factors"] == [1, 4, 0]
+    x = rng.uniform(-1, 1, (1, 64, 32, 32, 1)).astype(np.float32)
+    keras_model = load_model(src, SegmenterConfig)
+    expected = keras_model.predict(x)
+    assert float(np.abs(expected["prob"] - _unscaled(keras_model, x)).max()) > 0.05  # the head does scale
+    for slab_z in (8, 22, 64):
+        got = load_exported(out, SegmenterConfig, engine, slab_z=slab_z).predict(x)
+        assert set(got) == {"prob", "presence"} and got["presence"].shape == (1, 4)
+        assert float(np.abs(got["prob"] - expected["prob"]).max()) <= 1e-5
+        np.testing.assert_allclose(got["presence"], expected["presence"], atol=1e-5)
+
+
+def _unscaled(loaded, x):
+    """The probabilities before the presence head scales them (the combine layer's output)."""
+    import keras
+
+    inner = keras.Model(loaded.model.inputs[0], loaded.model.get_layer("combine").output)
+    return np.asarray(inner(x, training=False))
+
+
 def test_a_halo_too_small_would_be_visible(exported_dir, rng):
     """The exactness test can fail: with the tail's halo cut to 2 the slab seams differ."""
     from flare_seg.engines import load_exported

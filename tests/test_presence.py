@@ -187,7 +187,7 @@ def test_presence_head_is_refused_for_the_localizer(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_presence_head_trains_resumes_predicts_and_refuses_the_exported_engines(tmp_path, tiny_model_dir, capsys):
+def test_presence_head_trains_resumes_predicts_and_exports(tmp_path, tiny_model_dir, capsys):
     geometry = write_dataset(tmp_path / "data",
                              [blob_case(0, BRIGHT), blob_case(1, BRIGHT), blob_case(2, BRIGHT, organs=False)])
     run = train_tiny_segmenter_cli(tmp_path, tmp_path / "data", "--presence-head", "--presence-weight", "2")
@@ -215,12 +215,17 @@ def test_presence_head_trains_resumes_predicts_and_refuses_the_exported_engines(
     case = json.loads(report.read_text())["cases"][0]
     assert case["status"] == "ok" and case["organ_volumes_ml"]["liver"] == 0.0
     assert case["organ_presence"]["liver"] < 1e-6 and case["organ_presence"]["kidney"] > 0.999
-    capsys.readouterr()
-    assert cli(["predict", "-i", str(tmp_path / "data" / "blob0_0000.nii.gz"), "-o", str(out), "-m", str(models),
-                "--engine", "openvino", "--no-progress"]) == 2
-    assert f"{models / 'seg'}: the segmenter has a presence head" in capsys.readouterr().err
-    assert cli(["export", "-m", str(models), "-o", str(tmp_path / "exported")]) == 2
-    assert "cannot export" in capsys.readouterr().err and not (tmp_path / "exported" / "loc").exists()
+    # exported, the default CPU engine runs the head too: same labels, same presence
+    assert cli(["export", "-m", str(models), "-o", str(tmp_path / "exported"), "--format", "openvino"]) == 0
+    out_ov, report_ov = tmp_path / "out_ov.nii.gz", tmp_path / "report_ov.json"
+    assert cli(["predict", "-i", str(tmp_path / "data" / "blob0_0000.nii.gz"), "-o", str(out_ov), "-m",
+                str(tmp_path / "exported"), "--no-progress", "--report", str(report_ov)]) == 0
+    run_ov = json.loads(report_ov.read_text())
+    assert run_ov["provenance"]["engine"]["engine"] == "openvino"
+    case_ov = run_ov["cases"][0]
+    np.testing.assert_array_equal(io.read_image(out_ov)[0], labels)
+    for organ, p in case["organ_presence"].items():
+        assert abs(case_ov["organ_presence"][organ] - p) <= 1e-4
 
 
 @pytest.mark.slow
@@ -240,7 +245,9 @@ def test_training_reduces_the_presence_loss(tmp_path):
     preprocess = replace(seg.preprocess, grid=replace(seg.preprocess.grid, spacing_mm=8.0),
                          intensity=IntensityConfig(pad_hu=0.0))
     config = replace(seg, local=NetworkConfig(levels=3, filters=16), presence_head=True, preprocess=preprocess)
-    cfg = TrainConfig(steps=80, checkpoint_every=80, validate_every=80, learning_rate=5e-3, presence_weight=5.0,
+    # lr 2e-3: at 5e-3 this run diverged on a Zen 3 CPU (local loss 0.08 -> 6.7 at step 80, the head's
+    # accuracy 0.875) where it had converged on Zen 5; at 2e-3 its presence loss is < 0.01 by step 80 (Zen 3)
+    cfg = TrainConfig(steps=80, checkpoint_every=80, validate_every=80, learning_rate=2e-3, presence_weight=5.0,
                       seed=5, augment=dataclasses.replace(TrainConfig().augment, enabled=False))
     cases = [dataclasses.replace(c, image_hu=np.where(c.labels > 0, 1200, 0).astype(np.int16))
              for c in (blob_case(0, BRIGHT), blob_case(3, BRIGHT, organs=False))]

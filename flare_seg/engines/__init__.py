@@ -23,10 +23,6 @@ PRECISION_CHOICES = PRECISIONS + ("auto",)
 #: The benchmark's winner on the CPU at equal output (docs/benchmarks.md).
 DEFAULT_CPU_ENGINE = "openvino"
 EXPORTED = ("openvino", "onnxruntime")
-#: Why a segmenter with seed 001's presence head runs on TensorFlow only: the head pools the whole
-#: coarsest feature map and its result scales every slab, which the split plan has no piece for.
-PRESENCE_UNSUPPORTED = "the segmenter has a presence head (presence_head in config.json), which the exported engines " \
-    "do not run"
 
 
 def trim_heap() -> None:
@@ -99,15 +95,6 @@ def resolve_precision(precision: str, engine: str) -> str:
     return "fp32"
 
 
-def has_presence_head(model_dir: Path) -> bool:
-    """Whether ``model_dir/seg/config.json`` is a segmenter with the presence head (TensorFlow only)."""
-    from flare_seg.config import load_config
-    from flare_seg.predict import CONFIG_FILE
-
-    path = Path(model_dir) / "seg" / CONFIG_FILE
-    return path.is_file() and bool(getattr(load_config(path), "presence_head", False))
-
-
 def is_exported(model_dir: Path) -> bool:
     """Whether ``model_dir/{loc,seg}`` both hold an export record."""
     from flare_seg.export import EXPORT_FILE
@@ -149,8 +136,6 @@ def load_exported(folder: str | Path, expected: type, engine: str, precision: st
     config = load_config(folder / CONFIG_FILE)
     if not isinstance(config, expected):
         raise ValueError(f"{folder / CONFIG_FILE}: holds a {type(config).__name__}, expected {expected.__name__}")
-    if getattr(config, "presence_head", False):
-        raise ValueError(f"{folder}: {PRESENCE_UNSUPPORTED}; use --engine tensorflow")
     record = read_export_record(folder)
     if engine == "openvino":
         from flare_seg.engines.openvino import piece_runner

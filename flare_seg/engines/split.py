@@ -10,7 +10,10 @@ net (where the slab meets the image border there is no halo, and the zero paddin
 own). ``core`` (1/4 resolution and coarser, 8x smaller per level) and ``spatial`` (the SCN's
 spatial nets at 1/4 resolution) run whole. The full- and half-resolution 32- and 64-channel maps
 thus exist one slab at a time; each tail recomputes its level's down block rather than storing it.
-Exports made with one slabbed level (``head``, ``core``, ``tail``) run unchanged.
+Exports made with one slabbed level (``head``, ``core``, ``tail``) run unchanged. A segmenter
+with seed 001's presence head has one more whole piece, ``presence`` (the core's input -> the
+head's logits), whose output every ``combine`` slab takes whole to scale its probabilities, and
+which ``predict`` returns as the record's ``extra_outputs``.
 
 Engine-neutral: a piece is run by ``run_piece(name, feeds) -> array``; NumPy does the rest.
 """
@@ -73,10 +76,12 @@ class SplitNet:
         factors = dict(zip(piece["inputs"], piece["input_z_factors"], strict=True))
         # slab_z voxels at the piece's own (finest input) resolution: a half-resolution level's
         # slabs are as thick in its voxels as the full-resolution ones, so its halo recomputes as little
-        slab = -(-self.slab_z * min(factors.values()) // align) * align
+        slab = -(-self.slab_z * min(f for f in factors.values() if f) // align) * align
         out = None
         for start, end, lo, hi in slabs(n_z, slab, int(piece["halo_z"])):
-            y = self.run_piece(name, {k: a[:, :, lo // factors[k] : hi // factors[k]] for k, a in feeds.items()})
+            # z factor 0: a tensor without z (the presence logits) goes to every slab whole
+            y = self.run_piece(name, {k: a[:, :, lo // factors[k] : hi // factors[k]] if factors[k] else a
+                                      for k, a in feeds.items()})
             if out is None:
                 shape = list(y.shape)
                 shape[axis] = n_z // f_out
@@ -94,7 +99,9 @@ class SplitNet:
             raise ValueError(f"input z size {n_z} is not a multiple of {align}")
         tensors = {"image": np.ascontiguousarray(x, dtype=np.float32).reshape(1, 1, *x.shape[1:4])}
         order = list(self.pieces)
-        last_use = {t: i for i, name in enumerate(order) for t in self.pieces[name]["inputs"]}
+        extra = self.record.get("extra_outputs", {})  # output name -> tensor, kept to the end
+        last_use = {t: i for i, name in enumerate(order) for t in self.pieces[name]["inputs"]
+                    if t not in extra.values()}
         for i, name in enumerate(order):
             piece = self.pieces[name]
             feeds = {k: tensors[k] for k in piece["inputs"]}
@@ -110,4 +117,4 @@ class SplitNet:
         out = tensors[self.pieces[order[-1]]["outputs"][0]]
         if int(self.pieces[order[-1]]["z_axis"]) == 2:
             out = np.moveaxis(out, 1, -1)  # (1, c, z, y, x) -> (1, z, y, x, c), a view
-        return {self.record["output"]: out}
+        return {self.record["output"]: out, **{name: tensors[t] for name, t in extra.items()}}
