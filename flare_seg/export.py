@@ -75,12 +75,15 @@ def _conv(g: _Graph, layer, x: str) -> str:
     same = layer.padding == "same" or all(k == 1 for k in kernel.shape[:3])
     if not same or any(s != 1 for s in layer.strides) or any(d != 1 for d in layer.dilation_rate):
         raise ValueError(f"{layer.name}: only stride-1 'same' convolutions are exported")
-    if layer.activation.__name__ != "linear":
-        raise ValueError(f"{layer.name}: fused activation {layer.activation.__name__} is not exported")
+    activation = layer.activation.__name__
+    if activation not in ("linear", "sigmoid"):
+        raise ValueError(f"{layer.name}: fused activation {activation} is not exported")
     pads = [k // 2 for k in kernel.shape[:3]] * 2
     w = g.const(f"{layer.name}.kernel", np.ascontiguousarray(kernel.transpose(4, 3, 0, 1, 2)))
     b = g.const(f"{layer.name}.bias", bias)
-    return g.node("Conv", [x, w, b], layer.name, kernel_shape=list(kernel.shape[:3]), pads=pads)
+    conv = g.node("Conv", [x, w, b], layer.name if activation == "linear" else f"{layer.name}.linear",
+                  kernel_shape=list(kernel.shape[:3]), pads=pads)
+    return conv if activation == "linear" else g.node("Sigmoid", [conv], layer.name)  # the attention gates' psi
 
 
 def _combine(g: _Graph, layer, local: str, spatial: str) -> str:
@@ -142,8 +145,10 @@ def _layer_node(g: _Graph, layer, inputs: list[str]) -> str:
         return g.node("LeakyRelu", inputs, name, alpha=float(layer.negative_slope))
     if kind in ("Dropout", "GlobalBatchDropout", "StopGradient"):  # identities at inference
         return g.node("Identity", inputs, name)
-    if kind == "Activation" and layer.activation.__name__ == "sigmoid":
-        return g.node("Sigmoid", inputs, name)
+    if kind == "Activation" and layer.activation.__name__ in ("sigmoid", "relu"):
+        return g.node(layer.activation.__name__.capitalize(), inputs, name)
+    if kind in ("Add", "Multiply"):  # the attention gates (ONNX broadcasts psi's one channel)
+        return g.node("Add" if kind == "Add" else "Mul", inputs, name)
     if kind == "AveragePooling3D":
         if layer.padding != "valid" or tuple(layer.strides) != tuple(layer.pool_size):
             raise ValueError(f"{name}: only non-overlapping 'valid' pooling is exported")
@@ -177,8 +182,9 @@ def _layer_node(g: _Graph, layer, inputs: list[str]) -> str:
 def keras_to_onnx(model, output: str, graph_name: str):
     """The ONNX model (opset :data:`OPSET`) computing ``model``'s output ``output`` at inference.
 
-    Input ``image`` is ``(1, 1, z, y, x)`` (channels first: a free reshape of a ``(z, y, x)``
-    array); the output keeps Keras' ``(1, z, y, x, c)`` layout. Tensor names are layer names.
+    Input ``image`` is ``(1, channels, z, y, x)`` (channels first: with one channel a free reshape
+    of a ``(z, y, x)`` array); the output keeps Keras' ``(1, z, y, x, c)`` layout. Tensor names are
+    layer names.
     """
     import onnx
     from onnx import TensorProto, helper
@@ -200,7 +206,8 @@ def keras_to_onnx(model, output: str, graph_name: str):
     last = visit(model.output[output])
     g.node("Transpose", [last], output, perm=_TO_CHANNELS_LAST)
     dims = ["n", "c", "z", "y", "x"]
-    image = helper.make_tensor_value_info(model.inputs[0].name, TensorProto.FLOAT, [1, 1] + dims[2:])
+    channels = int(model.inputs[0].shape[-1])  # 2 with seed 000's anatomical channel
+    image = helper.make_tensor_value_info(model.inputs[0].name, TensorProto.FLOAT, [1, channels] + dims[2:])
     out = helper.make_tensor_value_info(output, TensorProto.FLOAT, [1, "z", "y", "x", None])
     graph = helper.make_graph(g.nodes, graph_name, [image], [out], g.initializers)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
@@ -222,7 +229,10 @@ def _split_plan(kind: str, config, depth: int = SPLIT_DEPTH) -> dict:
     Level ``d`` (``1 <= d <= depth``) gets a ``head`` piece (its input -> down block -> pooling)
     and, on the way back, a ``tail`` piece (its input again + the coarser output -> down block
     recomputed, upsampling, skip, up block); level 0's are ``head`` and ``tail``, level d's
-    ``head{d+1}`` / ``tail{d+1}``. ``core`` runs the levels below ``depth`` whole.
+    ``head{d+1}`` / ``tail{d+1}``. ``core`` runs the levels below ``depth`` whole. The SCN adds its
+    spatial part (``pool``, ``spatial``, ``combine``); a U-Net segmenter (``unet``,
+    ``attention_unet``: the gates of a level live in its tail) ends at ``tail``; a presence head
+    adds ``presence``, whose logits the last piece takes whole.
     """
     prefix, net = ("loc", config.network) if kind == "localizer" else ("local", config.local)
     if not 1 <= depth < net.levels:
@@ -237,9 +247,12 @@ def _split_plan(kind: str, config, depth: int = SPLIT_DEPTH) -> dict:
     pieces = {}
     for level in range(depth):
         pieces[f"head{suffix(level)}"] = ({level_input(level): 2 ** level}, f"{prefix}_pool{level + 1}", True)
+    scn = kind == "segmenter" and getattr(config, "architecture", "scn") == "scn"
+    # a U-Net segmenter's full-resolution tail ends at the output (sigmoid, presence scaling)
+    last = f"{prefix}_logits" if kind == "localizer" or scn else OUTPUTS[kind]
     pieces["core"] = ({level_input(depth): 2 ** depth}, f"{prefix}_up{depth}_drop2", False)
     for level in reversed(range(depth)):
-        out = f"{prefix}_logits" if level == 0 else f"{prefix}_up{level}_drop2"
+        out = last if level == 0 else f"{prefix}_up{level}_drop2"
         pieces[f"tail{suffix(level)}"] = ({level_input(level): 2 ** level, f"{prefix}_up{level + 1}_drop2":
                                            2 ** (level + 1)}, out, True)
     logits = f"{prefix}_logits"
@@ -247,12 +260,15 @@ def _split_plan(kind: str, config, depth: int = SPLIT_DEPTH) -> dict:
     if presence:  # seed 001's head pools the whole bottom map: it runs whole, from the core's input
         pieces = dict(_insert_after(pieces, "core", "presence",
                                     ({level_input(depth): 2 ** depth}, PRESENCE_LOGITS, False)))
-    if kind == "segmenter":  # the spatial part: pooling and combination per slab, the nets at 1/4 whole
+    scaled = {PRESENCE_LOGITS: 0} if presence else {}  # the piece that ends at the output scales by it
+    if scn:  # the spatial part: pooling and combination per slab, the nets at 1/4 whole
         f = config.spatial_downsample
-        combine = {logits: 1, "spatial_logits_small": f} | ({PRESENCE_LOGITS: 0} if presence else {})
         pieces.update({"pool": ({"image": 1, logits: 1}, "spatial_stack", True),
                        "spatial": ({"spatial_stack": f}, "spatial_logits_small", False),
-                       "combine": (combine, OUTPUTS[kind], True)})
+                       "combine": ({logits: 1, "spatial_logits_small": f} | scaled, OUTPUTS[kind], True)})
+    elif presence:
+        tail_inputs, tail_out, tail_slabbed = pieces["tail"]
+        pieces["tail"] = (tail_inputs | scaled, tail_out, tail_slabbed)
     extra = {"extra_outputs": {PRESENCE_OUTPUT: PRESENCE_LOGITS}} if presence else {}
     return {"prefix": prefix, "split_depth": depth, **extra, "pieces": {
         name: {"inputs": list(inputs), "input_z_factors": list(inputs.values()), "outputs": [output],
@@ -375,9 +391,10 @@ def export_network(src: Path, dst: Path, kind: str, fmt: str) -> dict:
         for file in (CONFIG_FILE, WEIGHTS_FILE, f"{WEIGHTS_FILE}.sha256"):
             if (src / file).exists():
                 copy_file(src / file, dst / file)
+    channels = getattr(loaded.config, "input_channels", 1)
     record = {"flare_seg_version": __version__, "kind": kind, "formats": [fmt], "opset": OPSET,
               "versions": engine_versions(), "source_weights": {"file": WEIGHTS_FILE, "sha256": loaded.weights_sha256},
-              "output": OUTPUTS[kind], "input": "image", "input_layout": "(1, 1, z, y, x) float32",
+              "output": OUTPUTS[kind], "input": "image", "input_layout": f"(1, {channels}, z, y, x) float32",
               "output_layout": "(1, z, y, x, labels) float32", **plan}
     previous = _read_record(dst)
     if previous and previous.get("source_weights") == record["source_weights"] and previous.get("opset") == OPSET:

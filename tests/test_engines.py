@@ -158,6 +158,41 @@ def test_a_presence_head_exports_and_its_slabs_equal_keras(presence_dir, engine,
         np.testing.assert_allclose(got["presence"], expected["presence"], atol=1e-5)
 
 
+VARIANTS = {"unet": {"architecture": "unet"}, "attention_unet": {"architecture": "attention_unet"},
+            "anatomical": {"anatomical_attention": True},
+            "attention_unet+presence": {"architecture": "attention_unet", "presence_head": True}}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_segmenter_option_exports_and_its_slabs_equal_keras(variant, tmp_path, rng):
+    """The U-Net segmenters (their tail ends at the output; the attention gates live in the tails)
+    and seed 000's two-channel input, on both engines, at slabs of 8, 22 and whole."""
+    import keras
+    from conftest import tiny_configs
+
+    from flare_seg.config import replace, save_config
+    from flare_seg.engines import load_exported
+    from flare_seg.export import export_network
+    from flare_seg.models import build_model
+    from flare_seg.predict import load_model
+
+    config = replace(tiny_configs()[1], **VARIANTS[variant])
+    keras.utils.set_random_seed(1)
+    save_config(config, tmp_path / "config.json")
+    build_model(config).save_weights(tmp_path / "model.weights.h5")
+    for fmt in ("onnx", "openvino"):
+        record = export_network(tmp_path, tmp_path / "out", "segmenter", fmt)
+    assert ("combine" in record["pieces"]) == (config.architecture == "scn")
+    assert record["input_layout"] == f"(1, {config.input_channels}, z, y, x) float32"
+    x = rng.uniform(-1, 1, (1, 64, 32, 32, config.input_channels)).astype(np.float32)
+    expected = load_model(tmp_path, SegmenterConfig).predict(x)
+    for engine in ENGINES:
+        for slab_z in (8, 22, 64):
+            got = load_exported(tmp_path / "out", SegmenterConfig, engine, slab_z=slab_z).predict(x)
+            assert set(got) == ({"prob", "presence"} if config.presence_head else {"prob"})
+            assert float(np.abs(got["prob"] - expected["prob"]).max()) <= 1e-5, (engine, slab_z)
+
+
 def _unscaled(loaded, x):
     """The probabilities before the presence head scales them (the combine layer's output)."""
     import keras

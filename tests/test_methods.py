@@ -126,6 +126,13 @@ def test_each_option_trains_resumes_and_predicts_through_the_cli(tmp_path, tiny_
     assert out_geometry.matches(geometry) and set(np.unique(labels)) <= {0, 1, 2, 3, 4}
     case = json.loads(report.read_text())["cases"][0]
     assert case["status"] == "ok" and "segmenter" in case  # the segmenter ran (a 2-channel net needs its map)
+    # exported, the default CPU engine (OpenVINO) runs the option too, with the same labels
+    assert cli(["export", "-m", str(models), "-o", str(tmp_path / "exported"), "--format", "openvino"]) == 0
+    out_ov, report_ov = tmp_path / "out_ov.nii.gz", tmp_path / "report_ov.json"
+    assert cli(["predict", "-i", str(tmp_path / "data" / "blob0_0000.nii.gz"), "-o", str(out_ov), "-m",
+                str(tmp_path / "exported"), "--no-progress", "--report", str(report_ov)]) == 0
+    assert json.loads(report_ov.read_text())["provenance"]["engine"]["engine"] == "openvino"
+    assert np.mean(io.read_image(out_ov)[0] == labels) >= 0.999
 
 
 def test_per_organ_localizer_trains_on_partial_labels_with_the_hybrid_loss(tmp_path):

@@ -53,7 +53,7 @@ def _take_z(array: np.ndarray, axis: int, lo: int, hi: int) -> np.ndarray:
 
 
 class SplitNet:
-    """``predict(x (1, z, y, x, 1) float32) -> {output: (1, z, y, x, labels)}``, as the Keras predictor.
+    """``predict(x (1, z, y, x, channels) float32) -> {output: (1, z, y, x, labels)}``, as the Keras predictor.
 
     Runs the record's pieces in order; each tensor is dropped after its last use, and
     ``release(name)`` lets the engine free a piece's working memory once it is done.
@@ -91,13 +91,14 @@ class SplitNet:
         return out
 
     def predict(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        if x.ndim != 5 or x.shape[0] != 1 or x.shape[-1] != 1:
-            raise ValueError(f"expected input (1, z, y, x, 1), got {x.shape}")
+        if x.ndim != 5 or x.shape[0] != 1:
+            raise ValueError(f"expected input (1, z, y, x, channels), got {x.shape}")
         n_z = x.shape[1]
         align = max(int(p["align_z"]) for p in self.pieces.values())
         if n_z % align:
             raise ValueError(f"input z size {n_z} is not a multiple of {align}")
-        tensors = {"image": np.ascontiguousarray(x, dtype=np.float32).reshape(1, 1, *x.shape[1:4])}
+        # channels first; with one channel a free reshape (seed 000's anatomical channel makes two)
+        tensors = {"image": np.ascontiguousarray(np.moveaxis(x, -1, 1), dtype=np.float32)}
         order = list(self.pieces)
         extra = self.record.get("extra_outputs", {})  # output name -> tensor, kept to the end
         last_use = {t: i for i, name in enumerate(order) for t in self.pieces[name]["inputs"]
