@@ -245,7 +245,9 @@ def main(argv=None) -> int:
     (args.out / "results.json").write_text(json.dumps({"summary": summary, "cases": raw}, indent=2) + "\n")
     text = table(summary["base"], summary["head"], args)
     if args.doc is not None:
-        args.doc.write_text(text)
+        from flare_seg.atomic import write_text
+
+        write_text(args.doc, text)
     log.info("results\n%s", text)
     return 0
 

@@ -218,7 +218,27 @@ def parse_args(argv=None):
     p.add_argument("--shared-data", type=Path, default=SHARED, help="shared real data folder (default %(default)s)")
     p.add_argument("--rows", nargs="+", choices=tuple(ROWS), help="train only these rows (parallel processes)")
     p.add_argument("--full-run", type=Path, help="partial demo: the fully labelled SCN run to compare with")
+    p.add_argument("--forward-again", action="store_true",
+                   help="with --render: measure every row's forward pass again now (on an idle machine) and "
+                        "store it back in the folder the row came from")
     return p.parse_args(argv)
+
+
+def settings(args) -> dict:
+    """What every row of one run shares, stored beside its rows so that ``--render`` can name it."""
+    return {"steps": args.steps, "train_phantoms": args.train, "heldout_phantoms": args.heldout,
+            "crop_zyx": list(args.crop), "lr": args.lr, "seed": args.seed, "spacing_mm": args.spacing,
+            "local": [args.local_levels, args.local_filters], "spatial_filters": args.spatial_filters,
+            "threads": args.threads, "cpu": cpu_description(), "machine": platform.machine()}
+
+
+def measure_forward(name: str, threads: int) -> dict:
+    """One row's forward pass in a fresh process (its peak RSS is then that of the forward alone)."""
+    proc = subprocess.run([sys.executable, __file__, "--forward", name, "--threads", str(threads)],
+                          capture_output=True, text=True, check=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["cpu"] = cpu_description()
+    return result
 
 
 def run_name(name: str) -> str:
@@ -234,9 +254,7 @@ def run_methods(args, train, held) -> dict:
         changes = ROWS[name]
         config = trained_config(args, **changes)
         run = train_row(args.out / run_name(name), config, train, args)
-        proc = subprocess.run([sys.executable, __file__, "--forward", name, "--threads", str(args.threads)],
-                              capture_output=True, text=True, check=True)
-        rows[name] = {"forward": json.loads(proc.stdout.strip().splitlines()[-1]),
+        rows[name] = {"forward": measure_forward(name, args.threads),
                       "gflop": conv_flops(build_model(seg_config(**changes)), FORWARD_SIZE) / 1e9,
                       "trained_params": count_params(build_model(config)),
                       "train_seconds": float((run / "train_seconds.txt").read_text()),
@@ -274,9 +292,8 @@ def main(argv=None) -> int:
     configure_training(threads=args.threads, deterministic=True)
     args.out.mkdir(parents=True, exist_ok=True)
     train, held = train_cases(args)
-    results = {"steps": args.steps, "train_phantoms": args.train, "heldout_phantoms": args.heldout,
-               "crop_zyx": list(args.crop), "lr": args.lr, "seed": args.seed, "cpu": cpu_description(),
-               "machine": platform.machine()}
+    results = settings(args)
+    (args.out / "settings.json").write_text(json.dumps(results, indent=1) + "\n")
     if args.part in ("methods", "all"):
         results["methods"] = run_methods(args, train, held)
     if args.part in ("partial", "all"):
@@ -290,17 +307,41 @@ def render(args) -> int:
     """Tables from the rows finished so far (``methods_so_far.json``, ``partial_so_far.json``)."""
     results: dict = {}
     for folder in [args.out, *args.render]:
+        if (folder / "settings.json").exists() and "steps" not in results:
+            results.update(json.loads((folder / "settings.json").read_text()))
         for key in ("methods", "partial"):
             path = folder / f"{key}_so_far.json"
-            if path.exists():
-                results.setdefault(key, {}).update(json.loads(path.read_text()))
+            if not path.exists():
+                continue
+            rows = json.loads(path.read_text())
+            if key == "methods" and args.forward_again:
+                for name, row in rows.items():
+                    row["forward"] = measure_forward(name, args.threads)
+                    log.info("%s: forward again %s", name, row["forward"])
+                path.write_text(json.dumps(rows, indent=1) + "\n")
+            results.setdefault(key, {}).update(rows)
     if "methods" in results:
         results["methods"] = {name: results["methods"][name] for name in ROWS if name in results["methods"]}
     return write_tables(results, args)
 
 
+BEGIN, END = "<!-- compare_methods.py tables: begin -->", "<!-- compare_methods.py tables: end -->"
+
+
+def settings_md(results: dict) -> list[str]:
+    if "steps" not in results:
+        return []
+    local = results.get("local", ["?", "?"])
+    return [f"Measured by `benchmarks/compare_methods.py` on {results['cpu']} ({results.get('threads', '?')} "
+            f"threads): {results['steps']} steps, {results['train_phantoms']} training phantoms, "
+            f"{results['heldout_phantoms']} held-out, crop {' x '.join(map(str, results['crop_zyx']))}, "
+            f"lr {results['lr']}, seed {results['seed']}; trained rows at a {results.get('spacing_mm', '?')} mm grid, "
+            f"local net {local[0]} levels x {local[1]} filters, spatial nets {results.get('spatial_filters', '?')} "
+            "filters.", ""]
+
+
 def write_tables(results: dict, args) -> int:
-    lines = []
+    lines = settings_md(results)
     if "methods" in results:
         lines += ["## Methods", "", *_methods_md(results["methods"], args), ""]
     if "partial" in results:
@@ -310,8 +351,18 @@ def write_tables(results: dict, args) -> int:
     if args.doc:
         from flare_seg.atomic import write_text
 
-        write_text(args.doc, text)
+        write_text(args.doc, into_doc(args.doc, text))
     return 0
+
+
+def into_doc(doc: Path, tables: str) -> str:
+    """The doc with its generated part replaced: what lies between the BEGIN and END markers, so the
+    prose around the tables survives a rerun; a doc without the markers is replaced whole."""
+    old = doc.read_text() if doc.exists() else ""
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        return f"{head}{BEGIN}\n{tables}\n{END}{rest.split(END, 1)[1]}"
+    return f"{BEGIN}\n{tables}\n{END}\n"
 
 
 if __name__ == "__main__":
