@@ -36,7 +36,8 @@ def test_render_gathers_rows_names_the_settings_and_keeps_the_prose(tmp_path):
     (a / "methods_so_far.json").write_text(json.dumps({"SCN": _row(0.8, 1.5)}))
     (b / "partial_so_far.json").write_text(json.dumps({"partial loss": {"scores": {"phantoms": [_case(0.7, 0)]}}}))
     doc = tmp_path / "comparison.md"
-    doc.write_text(f"# Title\n\nprose before\n\n{compare_methods.BEGIN}\nold tables\n{compare_methods.END}\n\nprose after\n")
+    begin, end = compare_methods.BEGIN, compare_methods.END
+    doc.write_text(f"# Title\n\nprose before\n\n{begin}\nold tables\n{end}\n\nprose after\n")
 
     assert compare_methods.main(["--out", str(a), "--render", str(b), "--doc", str(doc)]) == 0
     text = doc.read_text()
