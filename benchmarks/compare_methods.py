@@ -267,7 +267,7 @@ def run_methods(args, train, held) -> dict:
 def run_partial(args, train, held, scn_full: Path) -> dict:
     parts = partial_cases(train)
     config = trained_config(args)
-    rows = {"all four organs labelled (= the SCN row)": scn_full,
+    rows = {"all four organs labelled | standard loss (= the SCN row)": scn_full,
             "four sets, one organ each | partial-label loss": train_row(args.out / "partial_loss", config, parts, args),
             "four sets, one organ each | naive (unlabelled = background)":
                 train_row(args.out / "partial_naive", config, parts, args, partial_labels=False)}
