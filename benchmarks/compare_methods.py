@@ -331,12 +331,12 @@ BEGIN, END = "<!-- compare_methods.py tables: begin -->", "<!-- compare_methods.
 def settings_md(results: dict) -> list[str]:
     if "steps" not in results:
         return []
-    local = results.get("local", ["?", "?"])
-    return [f"Measured by `benchmarks/compare_methods.py` on {results['cpu']} ({results.get('threads', '?')} "
+    local = results["local"]
+    return [f"Measured by `benchmarks/compare_methods.py` on {results['cpu']} ({results['threads']} "
             f"threads): {results['steps']} steps, {results['train_phantoms']} training phantoms, "
             f"{results['heldout_phantoms']} held-out, crop {' x '.join(map(str, results['crop_zyx']))}, "
-            f"lr {results['lr']}, seed {results['seed']}; trained rows at a {results.get('spacing_mm', '?')} mm grid, "
-            f"local net {local[0]} levels x {local[1]} filters, spatial nets {results.get('spatial_filters', '?')} "
+            f"lr {results['lr']}, seed {results['seed']}; trained rows at a {results['spacing_mm']} mm grid, "
+            f"local net {local[0]} levels x {local[1]} filters, spatial nets {results['spatial_filters']} "
             "filters.", ""]
 
 

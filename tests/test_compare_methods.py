@@ -34,7 +34,8 @@ def test_render_gathers_rows_names_the_settings_and_keeps_the_prose(tmp_path):
     # rows come back in the table's order (ROWS), whichever folder holds them
     (b / "methods_so_far.json").write_text(json.dumps({"U-Net": _row(0.6, 10.0)}))
     (a / "methods_so_far.json").write_text(json.dumps({"SCN": _row(0.8, 1.5)}))
-    (b / "partial_so_far.json").write_text(json.dumps({"partial loss": {"scores": {"phantoms": [_case(0.7, 0)]}}}))
+    partial = {"one organ each | partial-label loss": {"scores": {"phantoms": [_case(0.7, 0)]}}}
+    (b / "partial_so_far.json").write_text(json.dumps(partial))
     doc = tmp_path / "comparison.md"
     begin, end = compare_methods.BEGIN, compare_methods.END
     doc.write_text(f"# Title\n\nprose before\n\n{begin}\nold tables\n{end}\n\nprose after\n")
@@ -50,7 +51,7 @@ def test_render_gathers_rows_names_the_settings_and_keeps_the_prose(tmp_path):
                and "878.4" not in line)
     assert scn.split(" | ")[1].startswith("0.75 / 0.80 / 0.90 / 0.75")
     assert scn.rstrip(" |").endswith("12.0")  # 1.5 ml x 4 organs x 2 cases
-    assert "| partial loss | 0.700 | 0.700 | 0.700 | 0.700 | 0.700 |" in text
+    assert "| one organ each | partial-label loss | 0.700 | 0.700 | 0.700 | 0.700 | 0.700 |" in text
 
     # a rerun replaces the generated part again, once
     assert compare_methods.main(["--out", str(a), "--render", str(b), "--doc", str(doc)]) == 0
