@@ -12,7 +12,12 @@ precision, recall, far false positives). Parameters and GFLOP are counted at 160
 forward time and peak RSS are measured at that size in a fresh process per architecture.
 
     nice -n 10 python benchmarks/compare_methods.py --out /tmp/compare --steps 150 --doc docs/comparison.md
-    python benchmarks/compare_methods.py --forward scn     # (internal) one forward pass, JSON on stdout
+    python benchmarks/compare_methods.py --out /tmp/fwd --part forward --doc docs/comparison.md  # idle machine
+    python benchmarks/compare_methods.py --forward SCN     # (internal) one forward pass, JSON on stdout
+
+``--doc`` replaces only the sections this run (or ``--render``) has rows for, each between its own
+markers, so a longer partial-label run or an idle-machine forward run leaves the other sections and
+the prose as they are.
 """
 
 from __future__ import annotations
@@ -210,7 +215,8 @@ def parse_args(argv=None):
     p.add_argument("--spatial-filters", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--part", choices=("methods", "partial", "all"), default="all")
+    p.add_argument("--part", choices=("methods", "partial", "all", "forward"), default="all",
+                   help="forward: only the paper-size forward passes (no training), for an idle machine")
     p.add_argument("--doc", type=Path, help="write the markdown tables here")
     p.add_argument("--forward", choices=tuple(ROWS), help=argparse.SUPPRESS)
     p.add_argument("--render", nargs="*", type=Path, metavar="DIR",
@@ -230,6 +236,10 @@ def settings(args) -> dict:
             "crop_zyx": list(args.crop), "lr": args.lr, "seed": args.seed, "spacing_mm": args.spacing,
             "local": [args.local_levels, args.local_filters], "spatial_filters": args.spatial_filters,
             "threads": args.threads, "cpu": cpu_description(), "machine": platform.machine()}
+
+
+def forward_settings(args) -> dict:
+    return {"threads": args.threads, "cpu": cpu_description(), "machine": platform.machine()}
 
 
 def measure_forward(name: str, threads: int) -> dict:
@@ -291,6 +301,9 @@ def main(argv=None) -> int:
 
     configure_training(threads=args.threads, deterministic=True)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.part == "forward":
+        rows = run_forward(args)
+        return write_tables({"forward": rows, "settings": {"forward": forward_settings(args)}}, args)
     train, held = train_cases(args)
     results = settings(args)
     (args.out / "settings.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -304,33 +317,61 @@ def main(argv=None) -> int:
 
 
 def render(args) -> int:
-    """Tables from the rows finished so far (``methods_so_far.json``, ``partial_so_far.json``)."""
+    """Tables from the rows finished so far (``methods_so_far.json``, ``partial_so_far.json``,
+    ``forward.json``) in ``--out`` and the ``--render`` folders. Each section is named with the settings
+    of the first folder that holds it, so sections from runs of different lengths say so."""
     results: dict = {}
     for folder in [args.out, *args.render]:
-        if (folder / "settings.json").exists() and "steps" not in results:
-            results.update(json.loads((folder / "settings.json").read_text()))
-        for key in ("methods", "partial"):
-            path = folder / f"{key}_so_far.json"
+        folder_settings = json.loads((folder / "settings.json").read_text()) \
+            if (folder / "settings.json").exists() else {}
+        for key in SECTIONS:
+            path = folder / f"{key}_so_far.json" if key != "forward" else folder / "forward.json"
             if not path.exists():
                 continue
-            rows = json.loads(path.read_text())
+            rows, section_settings = json.loads(path.read_text()), folder_settings
+            if key == "forward":  # a forward-only run keeps its machine beside its rows
+                section_settings, rows = rows["settings"], rows["rows"]
             if key == "methods" and args.forward_again:
                 for name, row in rows.items():
                     row["forward"] = measure_forward(name, args.threads)
                     log.info("%s: forward again %s", name, row["forward"])
                 path.write_text(json.dumps(rows, indent=1) + "\n")
             results.setdefault(key, {}).update(rows)
-    if "methods" in results:
-        results["methods"] = {name: results["methods"][name] for name in ROWS if name in results["methods"]}
+            results.setdefault("settings", {}).setdefault(key, section_settings)
+    for key in ("methods", "forward"):
+        if key in results:
+            results[key] = {name: results[key][name] for name in ROWS if name in results[key]}
     return write_tables(results, args)
 
 
-BEGIN, END = "<!-- compare_methods.py tables: begin -->", "<!-- compare_methods.py tables: end -->"
+def run_forward(args) -> dict:
+    """Every row's paper-size forward pass, each in a fresh process; no training (weights do not
+    change the time). Meant for an idle machine: the methods rows' own forward columns are measured
+    between trainings."""
+    from flare_seg.flops import conv_flops
+    from flare_seg.models import build_model
+
+    rows = {}
+    for name in args.rows or ROWS:
+        rows[name] = {"forward": measure_forward(name, args.threads),
+                      "gflop": conv_flops(build_model(seg_config(**ROWS[name])), FORWARD_SIZE) / 1e9}
+        log.info("%s: %s", name, rows[name]["forward"])
+    (args.out / "forward.json").write_text(json.dumps({"settings": forward_settings(args), "rows": rows},
+                                                      indent=1) + "\n")
+    return rows
+
+
+SECTIONS = ("methods", "forward", "partial")
+
+
+def marks(section: str) -> tuple[str, str]:
+    return f"<!-- compare_methods.py {section}: begin -->", f"<!-- compare_methods.py {section}: end -->"
 
 
 def settings_md(results: dict) -> list[str]:
-    if "steps" not in results:
-        return []
+    if "steps" not in results:  # a forward-only run names its machine only
+        return [f"Measured by `benchmarks/compare_methods.py` on {results['cpu']} ({results['threads']} threads).",
+                ""] if "cpu" in results else []
     local = results["local"]
     return [f"Measured by `benchmarks/compare_methods.py` on {results['cpu']} ({results['threads']} "
             f"threads): {results['steps']} steps, {results['train_phantoms']} training phantoms, "
@@ -340,29 +381,47 @@ def settings_md(results: dict) -> list[str]:
             "filters.", ""]
 
 
+def _forward_md(rows: dict) -> list[str]:
+    lines = ["Paper-size networks at 160x128x160 (random weights: the time does not depend on them), "
+             "one fresh process each, nothing else running; median of 2 timed passes after one warm-up:", "",
+             "| method | params | GFLOP 160x128x160 | CPU forward s | peak RSS GB |", "|---|---:|---:|---:|---:|"]
+    for name, row in rows.items():
+        f = row["forward"]
+        lines.append(f"| {name} | {f['params']:,} | {row['gflop']:.1f} | {f['forward_s']:.2f} | "
+                     f"{f['peak_rss_bytes'] / 1e9:.2f} |")
+    return lines
+
+
+def section_md(key: str, rows: dict, run_settings: dict, args) -> str:
+    title = {"methods": "## Methods", "forward": "## Forward pass on an idle machine",
+             "partial": "## Partial labels"}[key]
+    body = {"methods": lambda: _methods_md(rows, args), "forward": lambda: _forward_md(rows),
+            "partial": lambda: _partial_md(rows)}[key]()
+    return "\n".join([title, "", *settings_md(run_settings), *body, ""])
+
+
 def write_tables(results: dict, args) -> int:
-    lines = settings_md(results)
-    if "methods" in results:
-        lines += ["## Methods", "", *_methods_md(results["methods"], args), ""]
-    if "partial" in results:
-        lines += ["## Partial labels", "", *_partial_md(results["partial"]), ""]
-    text = "\n".join(lines)
-    print(text)
+    sections = {key: section_md(key, results[key], results.get("settings", {}).get(key, results), args)
+                for key in SECTIONS if key in results}
+    print("\n".join(sections.values()))
     if args.doc:
         from flare_seg.atomic import write_text
 
-        write_text(args.doc, into_doc(args.doc, text))
+        text = args.doc.read_text() if args.doc.exists() else ""
+        for key, section in sections.items():
+            text = into_doc(text, section, *marks(key))
+        write_text(args.doc, text)
     return 0
 
 
-def into_doc(doc: Path, tables: str) -> str:
-    """The doc with its generated part replaced: what lies between the BEGIN and END markers, so the
-    prose around the tables survives a rerun; a doc without the markers is replaced whole."""
-    old = doc.read_text() if doc.exists() else ""
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        return f"{head}{BEGIN}\n{tables}\n{END}{rest.split(END, 1)[1]}"
-    return f"{BEGIN}\n{tables}\n{END}\n"
+def into_doc(old: str, section: str, begin: str, end: str) -> str:
+    """``old`` with one generated section replaced: what lies between its ``begin`` and ``end``
+    markers, so the prose and the other sections survive a rerun; a section without markers yet is
+    appended at the end."""
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        return f"{head}{begin}\n{section}\n{end}{rest.split(end, 1)[1]}"
+    return f"{old.rstrip()}\n\n{begin}\n{section}\n{end}\n".lstrip()
 
 
 if __name__ == "__main__":

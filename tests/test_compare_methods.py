@@ -1,5 +1,6 @@
-"""benchmarks/compare_methods.py's rendering: rows gathered from several run folders, the run's
-settings named above the tables, and a rerun that replaces only the generated part of the doc."""
+"""benchmarks/compare_methods.py's rendering: rows gathered from several run folders, each section
+named with the settings of the run it came from, and a rerun that replaces only its own generated
+sections of the doc."""
 
 from __future__ import annotations
 
@@ -37,12 +38,14 @@ def test_render_gathers_rows_names_the_settings_and_keeps_the_prose(tmp_path):
     partial = {"one organ each | partial-label loss": {"scores": {"phantoms": [_case(0.7, 0)]}}}
     (b / "partial_so_far.json").write_text(json.dumps(partial))
     doc = tmp_path / "comparison.md"
-    begin, end = compare_methods.BEGIN, compare_methods.END
+    begin, end = compare_methods.marks("methods")
     doc.write_text(f"# Title\n\nprose before\n\n{begin}\nold tables\n{end}\n\nprose after\n")
 
     assert compare_methods.main(["--out", str(a), "--render", str(b), "--doc", str(doc)]) == 0
     text = doc.read_text()
-    assert text.startswith("# Title\n\nprose before\n\n") and text.endswith("\n\nprose after\n")
+    assert text.startswith("# Title\n\nprose before\n\n")
+    # the partial section had no markers yet: appended after the prose, in its own markers
+    assert text.index("prose after") < text.index(compare_methods.marks("partial")[0])
     assert "old tables" not in text
     assert "Test CPU" in text and "1000 steps" in text and "crop 32 x 64 x 64" in text
     assert text.index("| SCN |") < text.index("| U-Net |")
@@ -58,6 +61,45 @@ def test_render_gathers_rows_names_the_settings_and_keeps_the_prose(tmp_path):
     assert doc.read_text() == text
 
 
-def test_a_doc_without_markers_gets_them(tmp_path):
-    doc = tmp_path / "new.md"
-    assert compare_methods.into_doc(doc, "T") == f"{compare_methods.BEGIN}\nT\n{compare_methods.END}\n"
+def test_a_doc_without_markers_gets_them():
+    begin, end = compare_methods.marks("partial")
+    assert compare_methods.into_doc("", "T", begin, end) == f"{begin}\nT\n{end}\n"
+    assert compare_methods.into_doc("# Doc\n", "T", begin, end) == f"# Doc\n\n{begin}\nT\n{end}\n"
+
+
+def _settings(steps: int) -> dict:
+    return {"steps": steps, "train_phantoms": 8, "heldout_phantoms": 3, "crop_zyx": [32, 64, 64], "lr": 0.001,
+            "seed": 0, "spacing_mm": 4.0, "local": [4, 16], "spatial_filters": 8, "threads": 1, "cpu": "Test CPU"}
+
+
+def test_each_section_names_its_own_run_and_others_are_left_alone(tmp_path):
+    """A longer partial-label run and an idle-machine forward run replace their sections; the
+    methods section of the earlier run stays as it was, and each section says how it was measured."""
+    methods_run, partial_run, forward_run = tmp_path / "m", tmp_path / "p", tmp_path / "f"
+    for folder in (methods_run, partial_run, forward_run):
+        folder.mkdir()
+    (methods_run / "settings.json").write_text(json.dumps(_settings(1000)))
+    (methods_run / "methods_so_far.json").write_text(json.dumps({"SCN": _row(0.8, 1.5)}))
+    (partial_run / "settings.json").write_text(json.dumps(_settings(3000)))
+    (partial_run / "partial_so_far.json").write_text(json.dumps(
+        {"one organ each | partial-label loss": {"scores": {"phantoms": [_case(0.6, 0)]}}}))
+    doc = tmp_path / "comparison.md"
+    assert compare_methods.main(["--out", str(methods_run), "--render", "--doc", str(doc)]) == 0
+    methods_part = doc.read_text()
+    assert "1000 steps" in methods_part and "Partial labels" not in methods_part
+
+    forward = {"settings": {"threads": 2, "cpu": "Idle CPU", "machine": "x86_64"},
+               "rows": {"U-Net": {"forward": {"params": 637573, "forward_s": 4.25, "peak_rss_bytes": 3.5e9},
+                                  "gflop": 860.8},
+                        "SCN": {"forward": {"params": 1270090, "forward_s": 5.5, "peak_rss_bytes": 4.0e9},
+                                "gflop": 878.4}}}
+    (forward_run / "forward.json").write_text(json.dumps(forward))
+    assert compare_methods.main(["--out", str(partial_run), "--render", str(forward_run), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert text.startswith(methods_part.rstrip("\n"))  # the methods section is untouched
+    partial = text.split(compare_methods.marks("partial")[0])[1]
+    assert "3000 steps" in partial and "| one organ each | partial-label loss | 0.600 |" in partial
+    fwd = text.split(compare_methods.marks("forward")[0])[1].split(compare_methods.marks("forward")[1])[0]
+    assert "Idle CPU (2 threads)" in fwd and "steps" not in fwd
+    scn, unet = "| SCN | 1,270,090 | 878.4 | 5.50 | 4.00 |", "| U-Net | 637,573 | 860.8 | 4.25 | 3.50 |"
+    assert fwd.index(scn) < fwd.index(unet)  # the table's order, not the file's
