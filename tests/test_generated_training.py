@@ -108,3 +108,60 @@ def test_real_case_scores_dsc_and_false_positive_ml(tmp_path, monkeypatch):
     json_path.write_text(json.dumps({"root": ".", "cases": [{"name": "x", "image": "missing.nii.gz"}]}))
     with pytest.raises((ValueError, FileNotFoundError), match="missing"):
         real_val.load_real_cases(json_path)
+
+
+def _thin_liver_case():
+    """A 3 mm-thick liver (1 mm slices) whose slices lie between the centres of 6 mm cells."""
+    from flare_seg.geometry import Geometry
+    from flare_seg.training.data import make_case
+
+    labels = np.zeros((9, 120, 120), np.uint8)
+    labels[3:6, 30:90, 20:80] = flare_labels.LIVER  # the 6 mm cells are centred on slices 1 and 7
+    image = np.where(labels > 0, 100, -50).astype(np.int16)
+    return make_case("dome", image, labels, Geometry(labels.shape, (1.0, 2.0, 2.0)))
+
+
+def test_localizer_target_marks_every_cell_an_organ_touches():
+    from flare_seg.config import LocalizerConfig
+    from flare_seg.training import augment
+    from flare_seg.training.data import LocSampler, cell_labels
+
+    case = _thin_liver_case()
+    sampler = LocSampler([case], TrainConfig(), LocalizerConfig().preprocess)
+    record = sampler.base_record(0)
+    coords = augment.sample_coordinates(record, case.spacing_mm, augment.SpatialTransform.identity())
+    centre_only = augment.warp(case.labels, coords, order=0, cval=0)
+    assert not centre_only.any()  # sampled at cell centres the 3 mm liver is gone
+    _, y = sampler.sample(0, augment_data=False)
+    fg = y[..., 1] > 0.5
+    per_slice = fg.sum(axis=(1, 2))
+    assert (per_slice > 0).sum() == 2  # the two 6 mm cells whose boundary the liver straddles
+    # in-plane the cells cover the liver's 120 x 120 mm and no more than one cell beyond each side
+    area = per_slice.max() * np.prod(record.spacing_mm[1:])
+    assert 120 * 120 <= area <= 132 * 132
+    assert cell_labels(case.labels, case.spacing_mm, case.spacing_mm) is case.labels  # 1-voxel cells: unchanged
+
+
+def test_localizer_real_case_scores_the_pipeline_box_recall():
+    from flare_seg.config import LocalizerConfig
+
+    case = _thin_liver_case()
+    cfg = LocalizerConfig()
+    train = TrainConfig()
+    real = real_val.RealCase("dome", case, (1,))
+    _, y = real_val._sampler(cfg, train, case).sample(0, augment_data=False)
+    perfect = _Model("logits")
+    perfect.channels, perfect.truth = 2, y
+    scores = real_val.score_case(perfect, cfg, train, real)
+    assert scores == {"real_box_recall_dome": pytest.approx(1.0), "real_dsc_dome_foreground": pytest.approx(1.0)}
+    half = y.copy()
+    half[:, :, half.shape[2] // 2:] = (1.0, 0.0)  # the right half of the grid called background
+    cut = _Model("logits")
+    cut.channels, cut.truth = 2, half
+    recall = real_val.score_case(cut, cfg, train, real)["real_box_recall_dome"]
+    assert 0.0 < recall < 1.0
+    nothing = _Model("logits")
+    nothing.channels = 2  # all background
+    assert real_val.score_case(nothing, cfg, train, real)["real_box_recall_dome"] == 0.0
+    row = {"step": 1, "real_box_recall_dome": 0.5, "real_dsc_dome_foreground": 0.7}
+    assert real_val.selection_score(row) == pytest.approx(0.6)

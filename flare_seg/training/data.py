@@ -193,6 +193,18 @@ class Sample:
     voxel_ml: float
 
 
+def cell_labels(labels: np.ndarray, spacing_mm, cell_mm) -> np.ndarray:
+    """``labels`` where every voxel takes the highest label within one ``cell_mm`` cell around it
+    (a grey maximum filter of the cell's size in voxels), so that nearest-neighbour sampling onto
+    a grid of ``cell_mm`` cells finds an organ wherever one lies inside a cell."""
+    from scipy import ndimage
+
+    size = [max(1, int(round(c / s))) for c, s in zip(cell_mm, spacing_mm, strict=True)]
+    if max(size) == 1 or not labels.any():
+        return labels
+    return ndimage.maximum_filter(labels, size=size, mode="constant", cval=0)
+
+
 class _Sampler(abc.ABC):
     """Shared sampling: a base grid per case, optional fixed-size crop, one warp for image and labels."""
 
@@ -212,6 +224,10 @@ class _Sampler(abc.ABC):
     @abc.abstractmethod
     def image_source(self, case_index: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """(array to sample, scale, offset): the array's index = (original index - offset) / scale."""
+
+    def label_source(self, case_index: int) -> np.ndarray:
+        """The label array the target is sampled from (nearest neighbour, on the image's ``coords``)."""
+        return self.cases[case_index].labels
 
     def target(self, labels: np.ndarray) -> np.ndarray:
         return one_hot(labels, self.num_labels)
@@ -236,7 +252,7 @@ class _Sampler(abc.ABC):
         cfg = self.train.augment if augment_data else augment.AugmentConfig(enabled=False)
         transform = augment.random_transform(rng, cfg) if rng is not None else augment.SpatialTransform.identity()
         coords = augment.sample_coordinates(record, case.spacing_mm, transform)
-        labels = augment.warp(case.labels, coords, order=0, cval=0)
+        labels = augment.warp(self.label_source(case_index), coords, order=0, cval=0)
         image, scale, offset = self.image_source(case_index)
         if scale is not None:
             coords = (coords - offset[:, None, None, None]) / scale[:, None, None, None]
@@ -290,6 +306,11 @@ class LocSampler(_Sampler):
 
     The image is cached smoothed and block-averaged exactly as :func:`flare_seg.preprocess.loc_input`
     does it, so the warp from that cache is the only resampling.
+
+    A grid cell is foreground when an organ lies *anywhere* in it (:func:`cell_labels`), not only at
+    its centre: the localizer's job is the box, and with centre sampling an organ thinner than a
+    6 mm cell (a 3 mm liver dome, a 2 mm slab) vanishes from the target, so the localizer was
+    taught to find nothing there.
     """
 
     num_labels = 2
@@ -298,6 +319,14 @@ class LocSampler(_Sampler):
         super().__init__(cases, train, preprocess.intensity)
         self.preprocess = preprocess
         self._smoothed = [self._smooth(case) for case in cases]
+        self._cell_labels: dict[int, np.ndarray] = {}
+
+    def label_source(self, case_index: int) -> np.ndarray:
+        if case_index not in self._cell_labels:
+            case = self.cases[case_index]
+            self._cell_labels[case_index] = cell_labels(case.labels, case.spacing_mm,
+                                                        self.base_record(case_index).spacing_mm)
+        return self._cell_labels[case_index]
 
     def _smooth(self, case: TrainCase):
         small, factors = smooth_for_localizer(case.image_hu, case.spacing_mm, self.preprocess.smoothing_sigma_mm)

@@ -9,12 +9,17 @@ the environment variable ``FLARE_SEG_SHARED_DATA`` overrides it, for checkouts n
                {"name": "chest_above_diaphragm", "image": "...nii.gz", "label": null, "organs": []}]}
 
 Cases with organs give ``real_dsc_<name>_<organ>`` (SCN: per organ; localizer: ``foreground``);
-cases without give ``real_fp_ml_<name>``, the organ volume wrongly found. The SCN sees the
+cases without give ``real_fp_ml_<name>``, the organ volume wrongly found. The localizer also gives
+``real_box_recall_<name>``, the fraction of the case's organ voxels (on the CT's own grid) inside
+the box the pipeline would take from its output (:func:`flare_seg.preprocess.box_in_input`): that
+box is the localizer's job. (Before the localizer's target marked every cell an organ touches, a
+case thinner than a 6 mm cell, the liver dome, had no foreground on the grid, and its "DSC" of 1.0
+only meant that the localizer found nothing there either.) The SCN sees the
 ground-truth box + its usual margin (the whole cached body region for a negative case), the
 localizer the whole image; both on the network grid, un-augmented, whole (no training crop).
 
 Best-checkpoint selection (:func:`selection_score`):
-``mean(real DSC) + 0.25 * mean(phantom DSC) - min(0.5, false-positive ml / 100)``;
+``mean(real DSC and box recall) + 0.25 * mean(phantom DSC) - min(0.5, false-positive ml / 100)``;
 without real cases it is the mean phantom DSC as before.
 """
 
@@ -91,8 +96,23 @@ def score_case(model, model_config, train: TrainConfig, real: RealCase) -> dict[
         voxel_ml = float(np.prod(sampler.base_record(0).spacing_mm)) / 1000.0
         return {f"real_fp_ml_{real.name}": float((pred > 0).sum()) * voxel_ml}
     if isinstance(model_config, LocalizerConfig):
-        return {f"real_dsc_{real.name}_foreground": dice(pred == 1, truth == 1)}
+        out = {f"real_box_recall_{real.name}": box_recall(pred > 0, sampler.base_record(0), real)}
+        if (truth == 1).any():  # else the case is thinner than a cell: no foreground to score
+            out[f"real_dsc_{real.name}_foreground"] = dice(pred == 1, truth == 1)
+        return out
     return {f"real_dsc_{real.name}_{NAMES[k]}": dice(pred == k, truth == k) for k in real.organs}
+
+
+def box_recall(mask: np.ndarray, record, real: RealCase) -> float:
+    """Fraction of the case's scored organ voxels inside the pipeline's box around ``mask`` (0 if no box)."""
+    from flare_seg.preprocess import box_in_input
+
+    organs = np.isin(real.case.labels, real.organs)
+    box = box_in_input(mask, record)
+    if box is None:
+        return 0.0
+    (z0, y0, x0), (z1, y1, x1) = box
+    return float(organs[z0:z1 + 1, y0:y1 + 1, x0:x1 + 1].sum()) / float(organs.sum())
 
 
 def validate_real(model, model_config, train: TrainConfig, cases: list[RealCase]) -> dict[str, float]:
@@ -108,7 +128,8 @@ def _values(row: dict, prefix: str) -> list[float]:
 
 def selection_score(row: dict) -> float | None:
     """The best-checkpoint score of a log row (module docstring), or None if it has no validation."""
-    real, phantom, fp_ml = _values(row, "real_dsc_"), _values(row, "val_dsc_"), _values(row, "real_fp_ml_")
+    real = _values(row, "real_dsc_") + _values(row, "real_box_recall_")
+    phantom, fp_ml = _values(row, "val_dsc_"), _values(row, "real_fp_ml_")
     if not real and not fp_ml:
         return float(np.mean(phantom)) if phantom else None
     score = float(np.mean(real)) if real else 0.0
