@@ -139,7 +139,19 @@ def test_localizer_target_marks_every_cell_an_organ_touches():
     # in-plane the cells cover the liver's 120 x 120 mm and no more than one cell beyond each side
     area = per_slice.max() * np.prod(record.spacing_mm[1:])
     assert 120 * 120 <= area <= 132 * 132
-    assert cell_labels(case.labels, case.spacing_mm, case.spacing_mm) is case.labels  # 1-voxel cells: unchanged
+    assert cell_labels(case.labels, case.spacing_mm, case.spacing_mm)[0] is case.labels  # 1-voxel cells: unchanged
+
+    # a 3-slice CT (the shared liver dome) lies between two cell centres, both outside the image
+    from flare_seg.geometry import Geometry
+    from flare_seg.training.data import make_case
+
+    dome = make_case("dome3", case.image_hu[3:6], case.labels[3:6], Geometry((3, 120, 120), (1.0, 2.0, 2.0)))
+    sampler = LocSampler([dome], TrainConfig(), LocalizerConfig().preprocess)
+    record = sampler.base_record(0)
+    centres = record.start[0] + record.step[0] * np.arange(record.output_shape[0])
+    assert not np.any((centres >= -0.5) & (centres <= 2.5))
+    _, y = sampler.sample(0, augment_data=False)
+    assert (y[..., 1] > 0.5).sum(axis=(1, 2)).astype(bool).sum() == 2
 
 
 def test_localizer_real_case_scores_the_pipeline_box_recall():

@@ -193,16 +193,21 @@ class Sample:
     voxel_ml: float
 
 
-def cell_labels(labels: np.ndarray, spacing_mm, cell_mm) -> np.ndarray:
-    """``labels`` where every voxel takes the highest label within one ``cell_mm`` cell around it
-    (a grey maximum filter of the cell's size in voxels), so that nearest-neighbour sampling onto
-    a grid of ``cell_mm`` cells finds an organ wherever one lies inside a cell."""
+def cell_labels(labels: np.ndarray, spacing_mm, cell_mm) -> tuple[np.ndarray, np.ndarray]:
+    """(array, index shift): ``labels`` padded by half a ``cell_mm`` cell per side, where every voxel
+    takes the highest label within one cell around it (a grey maximum filter of the cell's size in
+    voxels). Nearest-neighbour sampling of it at (index + shift) onto a grid of ``cell_mm`` cells
+    finds an organ wherever one lies inside a cell, also in a cell centred just outside the image
+    (a 3-slice CT lies between two 6 mm cell centres)."""
     from scipy import ndimage
 
-    size = [max(1, int(round(c / s))) for c, s in zip(cell_mm, spacing_mm, strict=True)]
-    if max(size) == 1 or not labels.any():
-        return labels
-    return ndimage.maximum_filter(labels, size=size, mode="constant", cval=0)
+    size = np.array([max(1, int(round(c / s))) for c, s in zip(cell_mm, spacing_mm, strict=True)])
+    if size.max() == 1 or not labels.any():
+        return labels, np.zeros(3, np.float32)
+    pad = size // 2
+    padded = np.pad(labels, [(int(p), int(p)) for p in pad])
+    return ndimage.maximum_filter(padded, size=tuple(int(v) for v in size), mode="constant", cval=0), \
+        pad.astype(np.float32)
 
 
 class _Sampler(abc.ABC):
@@ -225,9 +230,10 @@ class _Sampler(abc.ABC):
     def image_source(self, case_index: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """(array to sample, scale, offset): the array's index = (original index - offset) / scale."""
 
-    def label_source(self, case_index: int) -> np.ndarray:
-        """The label array the target is sampled from (nearest neighbour, on the image's ``coords``)."""
-        return self.cases[case_index].labels
+    def label_source(self, case_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(label array, index shift): the target is sampled from the array, nearest neighbour, at the
+        image's ``coords`` + shift."""
+        return self.cases[case_index].labels, np.zeros(3, np.float32)
 
     def target(self, labels: np.ndarray) -> np.ndarray:
         return one_hot(labels, self.num_labels)
@@ -252,7 +258,8 @@ class _Sampler(abc.ABC):
         cfg = self.train.augment if augment_data else augment.AugmentConfig(enabled=False)
         transform = augment.random_transform(rng, cfg) if rng is not None else augment.SpatialTransform.identity()
         coords = augment.sample_coordinates(record, case.spacing_mm, transform)
-        labels = augment.warp(self.label_source(case_index), coords, order=0, cval=0)
+        label_array, shift = self.label_source(case_index)
+        labels = augment.warp(label_array, coords + shift[:, None, None, None], order=0, cval=0)
         image, scale, offset = self.image_source(case_index)
         if scale is not None:
             coords = (coords - offset[:, None, None, None]) / scale[:, None, None, None]
@@ -319,9 +326,9 @@ class LocSampler(_Sampler):
         super().__init__(cases, train, preprocess.intensity)
         self.preprocess = preprocess
         self._smoothed = [self._smooth(case) for case in cases]
-        self._cell_labels: dict[int, np.ndarray] = {}
+        self._cell_labels: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def label_source(self, case_index: int) -> np.ndarray:
+    def label_source(self, case_index: int) -> tuple[np.ndarray, np.ndarray]:
         if case_index not in self._cell_labels:
             case = self.cases[case_index]
             self._cell_labels[case_index] = cell_labels(case.labels, case.spacing_mm,
