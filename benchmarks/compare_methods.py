@@ -224,6 +224,8 @@ def parse_args(argv=None):
     p.add_argument("--shared-data", type=Path, default=SHARED, help="shared real data folder (default %(default)s)")
     p.add_argument("--rows", nargs="+", choices=tuple(ROWS), help="train only these rows (parallel processes)")
     p.add_argument("--full-run", type=Path, help="partial demo: the fully labelled SCN run to compare with")
+    p.add_argument("--partial-rows", nargs="+", choices=tuple(PARTIAL_ROWS), default=list(PARTIAL_ROWS),
+                   help="partial demo: the rows to train and score, in this order (default all three)")
     p.add_argument("--forward-again", action="store_true",
                    help="with --render: measure every row's forward pass again now (on an idle machine) and "
                         "store it back in the folder the row came from")
@@ -274,17 +276,27 @@ def run_methods(args, train, held) -> dict:
     return rows
 
 
+PARTIAL_ROWS = {"full": "all four organs labelled | standard loss (= the SCN row)",
+                "partial": "four sets, one organ each | partial-label loss",
+                "naive": "four sets, one organ each | naive (unlabelled = background)"}
+
+
 def run_partial(args, train, held, scn_full: Path) -> dict:
+    """The partial-label rows, each trained and then scored before the next starts, and the rows so
+    far stored after each (``partial_so_far.json``), so a run cut short keeps what it finished."""
     parts = partial_cases(train)
     config = trained_config(args)
-    rows = {"all four organs labelled | standard loss (= the SCN row)": scn_full,
-            "four sets, one organ each | partial-label loss": train_row(args.out / "partial_loss", config, parts, args),
-            "four sets, one organ each | naive (unlabelled = background)":
-                train_row(args.out / "partial_naive", config, parts, args, partial_labels=False)}
-    out = {}
-    for name, run in rows.items():
+    path = args.out / "partial_so_far.json"
+    out = json.loads(path.read_text()) if path.exists() else {}
+    for key in args.partial_rows:
+        name = PARTIAL_ROWS[key]
+        if key == "full":
+            run = scn_full
+        else:
+            run = train_row(args.out / f"partial_{'loss' if key == 'partial' else 'naive'}", config, parts, args,
+                            **({} if key == "partial" else {"partial_labels": False}))
         out[name] = {"scores": {"phantoms": evaluate_row(run, held)["phantoms"]}}
-        (args.out / "partial_so_far.json").write_text(json.dumps(out, indent=1) + "\n")
+        path.write_text(json.dumps(out, indent=1) + "\n")
     return out
 
 
@@ -310,7 +322,8 @@ def main(argv=None) -> int:
     if args.part in ("methods", "all"):
         results["methods"] = run_methods(args, train, held)
     if args.part in ("partial", "all"):
-        full = args.full_run or train_row(args.out / run_name("SCN"), trained_config(args), train, args)
+        full = args.full_run or (train_row(args.out / run_name("SCN"), trained_config(args), train, args)
+                                 if "full" in args.partial_rows else None)
         results["partial"] = run_partial(args, train, held, full)
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     return write_tables(results, args)
