@@ -169,8 +169,9 @@ def test_negative_cuts_come_from_beyond_the_organ_margin_and_hold_no_organ():
     organs_only = label_maps.with_body_and_air("short", np.where(toy.labels < 7, toy.labels, 0)[4:24].astype(np.uint8),
                                                (4.0, 4.0, 4.0), toy.to_flare[:7], toy.tissue[:7])
     assert _gen(0, cfg, organs_only).info["fov"] != "negative"
-    # the localizer (no organ margin) never draws negatives: it sees the whole map anyway
-    assert _gen(0, dataclasses.replace(cfg, organ_margin_mm=None), lm).info["fov"] != "negative"
+    # the localizer (no organ margin, whole maps) draws negatives too: a CT with no organ at all
+    loc = _gen(0, dataclasses.replace(cfg, organ_margin_mm=None), lm)
+    assert loc.info["fov"] == "negative" and not loc.labels.any() and (loc.generation == 3).any()
 
 
 def test_slab_cuts_go_down_to_one_slice():

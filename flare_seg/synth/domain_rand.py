@@ -5,7 +5,9 @@ One sample = one seeded :class:`numpy.random.Generator` and one :class:`~flare_s
 1. **Deformation of the label map itself**: a random affine (rotation, per-axis scale, shear) and a
    smooth elastic displacement, resampled (nearest neighbour) onto the work grid.
 2. **Field-of-view cuts**: thin slabs (down to one slice), chest-only, pelvis-only, or a box that cuts
-   organs at the border; for the SCN also negatives, cut from the whole map beyond the organ margin.
+   organs at the border; and negatives, a chest/neck or pelvis range of the whole map with no organ
+   in it (for the localizer too: trained on maps that always hold organs, it learned that every CT
+   has some, and called organ whatever looked most like one in a chest or head/neck CT).
 3. **Appearance**: every generation label gets its own mean and spread, drawn over the whole CT range
    (random mode) or within its tissue's realistic HU range; look-alike neighbours (liver/spleen,
    kidney/vertebra, pancreas/bowel) get overlapping intensities in a share of samples.
@@ -51,7 +53,8 @@ class DomainRandConfig:
     fov_weights: tuple[float, float, float, float] = (0.4, 0.2, 0.15, 0.25)  # slab, chest, pelvis, border
     slab_mm: tuple[float, float] = (2.0, 60.0)  # log-uniform thickness of a slab cut (down to one work slice)
     #: SCN maps (organ_margin_mm set): share of samples cut from the whole map beyond the organ margin,
-    #: chest/neck above or pelvis below the organs, with no organ in them (real negatives the margin drops)
+    #: chest/neck above or pelvis below the organs, with no organ in them (the real negatives: CTs without
+    #: abdominal organs, and for the SCN the regions its organ margin drops)
     negative_probability: float = 0.1
     negative_gap_mm: tuple[float, float] = (2.0, 40.0)  # distance of a negative cut from the nearest organ
     negative_mm: tuple[float, float] = (20.0, 300.0)  # log-uniform extent of a negative cut in z
@@ -263,7 +266,7 @@ def bias_and_gamma(rng: np.random.Generator, image: np.ndarray, realistic: bool,
 def generate(rng: np.random.Generator, lm: LabelMap, cfg: DomainRandConfig | None = None) -> GeneratedCase:
     """One domain-randomised CT sample from ``lm`` (see the module docstring for the steps)."""
     cfg = cfg or DomainRandConfig()
-    negative = cfg.organ_margin_mm is not None and rng.random() < cfg.negative_probability
+    negative = rng.random() < cfg.negative_probability
     gen = deform(rng, lm, cfg, whole=negative)
     flare = lm.to_flare[gen]
     cut = negative_cut(rng, flare, cfg) if negative else None
