@@ -354,6 +354,10 @@ def render(args) -> int:
     for key in ("methods", "forward"):
         if key in results:
             results[key] = {name: results[key][name] for name in ROWS if name in results[key]}
+    if "partial" in results:  # full, partial-label loss, naive; rows of other names after them
+        order = list(PARTIAL_ROWS.values())
+        results["partial"] = dict(sorted(results["partial"].items(),
+                                         key=lambda row: order.index(row[0]) if row[0] in order else len(order)))
     return write_tables(results, args)
 
 
@@ -381,13 +385,17 @@ def marks(section: str) -> tuple[str, str]:
     return f"<!-- compare_methods.py {section}: begin -->", f"<!-- compare_methods.py {section}: end -->"
 
 
+def _threads(n: int) -> str:
+    return f"{n} thread{'' if n == 1 else 's'}"
+
+
 def settings_md(results: dict) -> list[str]:
     if "steps" not in results:  # a forward-only run names its machine only
-        return [f"Measured by `benchmarks/compare_methods.py` on {results['cpu']} ({results['threads']} threads).",
+        return [f"Measured by `benchmarks/compare_methods.py` on {results['cpu']} ({_threads(results['threads'])}).",
                 ""] if "cpu" in results else []
     local = results["local"]
-    return [f"Measured by `benchmarks/compare_methods.py` on {results['cpu']} ({results['threads']} "
-            f"threads): {results['steps']} steps, {results['train_phantoms']} training phantoms, "
+    return [f"Measured by `benchmarks/compare_methods.py` on {results['cpu']} ({_threads(results['threads'])}): "
+            f"{results['steps']} steps, {results['train_phantoms']} training phantoms, "
             f"{results['heldout_phantoms']} held-out, crop {' x '.join(map(str, results['crop_zyx']))}, "
             f"lr {results['lr']}, seed {results['seed']}; trained rows at a {results['spacing_mm']} mm grid, "
             f"local net {local[0]} levels x {local[1]} filters, spatial nets {results['spatial_filters']} "

@@ -81,8 +81,10 @@ def test_each_section_names_its_own_run_and_others_are_left_alone(tmp_path):
     (methods_run / "settings.json").write_text(json.dumps(_settings(1000)))
     (methods_run / "methods_so_far.json").write_text(json.dumps({"SCN": _row(0.8, 1.5)}))
     (partial_run / "settings.json").write_text(json.dumps(_settings(3000)))
-    (partial_run / "partial_so_far.json").write_text(json.dumps(
-        {"one organ each | partial-label loss": {"scores": {"phantoms": [_case(0.6, 0)]}}}))
+    full, partial = compare_methods.PARTIAL_ROWS["full"], compare_methods.PARTIAL_ROWS["partial"]
+    (partial_run / "partial_so_far.json").write_text(json.dumps(  # stored in the order they were run
+        {"one organ each | partial-label loss": {"scores": {"phantoms": [_case(0.6, 0)]}},
+         partial: {"scores": {"phantoms": [_case(0.5, 0)]}}, full: {"scores": {"phantoms": [_case(0.8, 0)]}}}))
     doc = tmp_path / "comparison.md"
     assert compare_methods.main(["--out", str(methods_run), "--render", "--doc", str(doc)]) == 0
     methods_part = doc.read_text()
@@ -97,8 +99,10 @@ def test_each_section_names_its_own_run_and_others_are_left_alone(tmp_path):
     assert compare_methods.main(["--out", str(partial_run), "--render", str(forward_run), "--doc", str(doc)]) == 0
     text = doc.read_text()
     assert text.startswith(methods_part.rstrip("\n"))  # the methods section is untouched
+    partial_name = partial
     partial = text.split(compare_methods.marks("partial")[0])[1]
     assert "3000 steps" in partial and "| one organ each | partial-label loss | 0.600 |" in partial
+    assert partial.index(f"| {full} |") < partial.index(f"| {partial_name} |") < partial.index("| one organ each |")
     fwd = text.split(compare_methods.marks("forward")[0])[1].split(compare_methods.marks("forward")[1])[0]
     assert "Idle CPU (2 threads)" in fwd and "steps" not in fwd
     scn, unet = "| SCN | 1,270,090 | 878.4 | 5.50 | 4.00 |", "| U-Net | 637,573 | 860.8 | 4.25 | 3.50 |"
