@@ -237,11 +237,21 @@ def settings(args) -> dict:
     return {"steps": args.steps, "train_phantoms": args.train, "heldout_phantoms": args.heldout,
             "crop_zyx": list(args.crop), "lr": args.lr, "seed": args.seed, "spacing_mm": args.spacing,
             "local": [args.local_levels, args.local_filters], "spatial_filters": args.spatial_filters,
-            "threads": args.threads, "cpu": cpu_description(), "machine": platform.machine()}
+            **forward_settings(args)}
 
 
 def forward_settings(args) -> dict:
+    """The machine a forward pass was measured on (all a forward-only run has to name)."""
     return {"threads": args.threads, "cpu": cpu_description(), "machine": platform.machine()}
+
+
+def paper_size_row(name: str, threads: int) -> dict:
+    """A row's paper-size network: its forward pass (fresh process) and GFLOP at FORWARD_SIZE."""
+    from flare_seg.flops import conv_flops
+    from flare_seg.models import build_model
+
+    return {"forward": measure_forward(name, threads),
+            "gflop": conv_flops(build_model(seg_config(**ROWS[name])), FORWARD_SIZE) / 1e9}
 
 
 def measure_forward(name: str, threads: int) -> dict:
@@ -258,16 +268,13 @@ def run_name(name: str) -> str:
 
 
 def run_methods(args, train, held) -> dict:
-    from flare_seg.flops import conv_flops
     from flare_seg.models import build_model, count_params
 
     rows = {}
     for name in args.rows or ROWS:
-        changes = ROWS[name]
-        config = trained_config(args, **changes)
+        config = trained_config(args, **ROWS[name])
         run = train_row(args.out / run_name(name), config, train, args)
-        rows[name] = {"forward": measure_forward(name, args.threads),
-                      "gflop": conv_flops(build_model(seg_config(**changes)), FORWARD_SIZE) / 1e9,
+        rows[name] = {**paper_size_row(name, args.threads),
                       "trained_params": count_params(build_model(config)),
                       "train_seconds": float((run / "train_seconds.txt").read_text()),
                       "scores": evaluate_row(run, held)}
@@ -279,6 +286,8 @@ def run_methods(args, train, held) -> dict:
 PARTIAL_ROWS = {"full": "all four organs labelled | standard loss (= the SCN row)",
                 "partial": "four sets, one organ each | partial-label loss",
                 "naive": "four sets, one organ each | naive (unlabelled = background)"}
+#: the run folder and the training-config changes of each row trained on the one-organ sets
+PARTIAL_RUNS = {"partial": ("partial_loss", {}), "naive": ("partial_naive", {"partial_labels": False})}
 
 
 def run_partial(args, train, held, scn_full: Path) -> dict:
@@ -293,8 +302,8 @@ def run_partial(args, train, held, scn_full: Path) -> dict:
         if key == "full":
             run = scn_full
         else:
-            run = train_row(args.out / f"partial_{'loss' if key == 'partial' else 'naive'}", config, parts, args,
-                            **({} if key == "partial" else {"partial_labels": False}))
+            folder, changes = PARTIAL_RUNS[key]
+            run = train_row(args.out / folder, config, parts, args, **changes)
         out[name] = {"scores": {"phantoms": evaluate_row(run, held)["phantoms"]}}
         path.write_text(json.dumps(out, indent=1) + "\n")
     return out
@@ -365,13 +374,9 @@ def run_forward(args) -> dict:
     """Every row's paper-size forward pass, each in a fresh process; no training (weights do not
     change the time). Meant for an idle machine: the methods rows' own forward columns are measured
     between trainings."""
-    from flare_seg.flops import conv_flops
-    from flare_seg.models import build_model
-
     rows = {}
     for name in args.rows or ROWS:
-        rows[name] = {"forward": measure_forward(name, args.threads),
-                      "gflop": conv_flops(build_model(seg_config(**ROWS[name])), FORWARD_SIZE) / 1e9}
+        rows[name] = paper_size_row(name, args.threads)
         log.info("%s: %s", name, rows[name]["forward"])
     (args.out / "forward.json").write_text(json.dumps({"settings": forward_settings(args), "rows": rows},
                                                       indent=1) + "\n")

@@ -52,9 +52,9 @@ class DomainRandConfig:
     fov_probability: float = 0.5
     fov_weights: tuple[float, float, float, float] = (0.4, 0.2, 0.15, 0.25)  # slab, chest, pelvis, border
     slab_mm: tuple[float, float] = (2.0, 60.0)  # log-uniform thickness of a slab cut (down to one work slice)
-    #: SCN maps (organ_margin_mm set): share of samples cut from the whole map beyond the organ margin,
-    #: chest/neck above or pelvis below the organs, with no organ in them (the real negatives: CTs without
-    #: abdominal organs, and for the SCN the regions its organ margin drops)
+    #: share of samples cut from the whole map beyond the organs (both networks): chest/neck above or
+    #: pelvis below them, with no organ in them (the real negatives: CTs without abdominal organs, and
+    #: for the SCN the regions its organ margin drops)
     negative_probability: float = 0.1
     negative_gap_mm: tuple[float, float] = (2.0, 40.0)  # distance of a negative cut from the nearest organ
     negative_mm: tuple[float, float] = (20.0, 300.0)  # log-uniform extent of a negative cut in z

@@ -259,7 +259,8 @@ class _Sampler(abc.ABC):
         transform = augment.random_transform(rng, cfg) if rng is not None else augment.SpatialTransform.identity()
         coords = augment.sample_coordinates(record, case.spacing_mm, transform)
         label_array, shift = self.label_source(case_index)
-        labels = augment.warp(label_array, coords + shift[:, None, None, None], order=0, cval=0)
+        label_coords = coords + shift[:, None, None, None] if shift.any() else coords  # no copy when unshifted
+        labels = augment.warp(label_array, label_coords, order=0, cval=0)
         image, scale, offset = self.image_source(case_index)
         if scale is not None:
             coords = (coords - offset[:, None, None, None]) / scale[:, None, None, None]

@@ -97,7 +97,7 @@ def score_case(model, model_config, train: TrainConfig, real: RealCase) -> dict[
         return {f"real_fp_ml_{real.name}": float((pred > 0).sum()) * voxel_ml}
     if isinstance(model_config, LocalizerConfig):
         out = {f"real_box_recall_{real.name}": box_recall(pred > 0, sampler.base_record(0), real)}
-        if (truth == 1).any():  # else the case is thinner than a cell: no foreground to score
+        if (truth == 1).any():  # else no organ lies on the localizer's grid: no foreground to score
             out[f"real_dsc_{real.name}_foreground"] = dice(pred == 1, truth == 1)
         return out
     return {f"real_dsc_{real.name}_{NAMES[k]}": dice(pred == k, truth == k) for k in real.organs}
@@ -107,10 +107,10 @@ def box_recall(mask: np.ndarray, record, real: RealCase) -> float:
     """Fraction of the case's scored organ voxels inside the pipeline's box around ``mask`` (0 if no box)."""
     from flare_seg.preprocess import box_in_input
 
-    organs = np.isin(real.case.labels, real.organs)
     box = box_in_input(mask, record)
     if box is None:
         return 0.0
+    organs = np.isin(real.case.labels, real.organs)
     (z0, y0, x0), (z1, y1, x1) = box
     return float(organs[z0:z1 + 1, y0:y1 + 1, x0:x1 + 1].sum()) / float(organs.sum())
 
