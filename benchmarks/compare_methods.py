@@ -225,7 +225,7 @@ def parse_args(argv=None):
     p.add_argument("--rows", nargs="+", choices=tuple(ROWS), help="train only these rows (parallel processes)")
     p.add_argument("--full-run", type=Path, help="partial demo: the fully labelled SCN run to compare with")
     p.add_argument("--partial-rows", nargs="+", choices=tuple(PARTIAL_ROWS), default=list(PARTIAL_ROWS),
-                   help="partial demo: the rows to train and score, in this order (default all three)")
+                   help="partial demo: the rows to train and score, in this order (default all of them)")
     p.add_argument("--forward-again", action="store_true",
                    help="with --render: measure every row's forward pass again now (on an idle machine) and "
                         "store it back in the folder the row came from")
