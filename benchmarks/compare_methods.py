@@ -96,7 +96,8 @@ def train_config(args):
     from flare_seg.config import AugmentConfig, TrainConfig
 
     return TrainConfig(steps=args.steps, learning_rate=args.lr, seed=args.seed, train_size_zyx=tuple(args.crop),
-                       checkpoint_every=args.steps, validate_every=args.steps, augment=AugmentConfig(enabled=False))
+                       checkpoint_every=args.steps, validate_every=args.steps,
+                       augment=AugmentConfig(enabled=args.augment))
 
 
 def train_row(run: Path, config, cases, args, **train_changes) -> Path:
@@ -214,6 +215,9 @@ def parse_args(argv=None):
     p.add_argument("--local-filters", type=int, default=16)
     p.add_argument("--spatial-filters", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--augment", action="store_true",
+                   help="train with the default spatial and intensity augmentation (off by default: every row "
+                        "then sees the same crops); the partial rows' names say so")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--part", choices=("methods", "partial", "all", "forward"), default="all",
                    help="forward: only the paper-size forward passes (no training), for an idle machine")
@@ -237,7 +241,7 @@ def settings(args) -> dict:
     return {"steps": args.steps, "train_phantoms": args.train, "heldout_phantoms": args.heldout,
             "crop_zyx": list(args.crop), "lr": args.lr, "seed": args.seed, "spacing_mm": args.spacing,
             "local": [args.local_levels, args.local_filters], "spatial_filters": args.spatial_filters,
-            **forward_settings(args)}
+            "augment": args.augment, **forward_settings(args)}
 
 
 def forward_settings(args) -> dict:
@@ -292,6 +296,13 @@ PARTIAL_RUNS = {"partial": ("partial_loss", {}), "naive": ("partial_naive", {"pa
                 "hybrid": ("partial_hybrid", {"loss": "hybrid"})}
 
 
+def partial_row_name(key: str, augment: bool) -> str:
+    """A partial row's table name; an augmented run's rows say so (they sit beside the plain ones in
+    ``--render``, and its fully labelled row is then not the methods table's SCN row)."""
+    name = PARTIAL_ROWS[key]
+    return name.replace(" (= the SCN row)", "") + ", augmented" if augment else name
+
+
 def run_partial(args, train, held, scn_full: Path) -> dict:
     """The partial-label rows, each trained and then scored before the next starts, and the rows so
     far stored after each (``partial_so_far.json``), so a run cut short keeps what it finished."""
@@ -300,7 +311,7 @@ def run_partial(args, train, held, scn_full: Path) -> dict:
     path = args.out / "partial_so_far.json"
     out = json.loads(path.read_text()) if path.exists() else {}
     for key in args.partial_rows:
-        name = PARTIAL_ROWS[key]
+        name = partial_row_name(key, args.augment)
         if key == "full":
             run = scn_full
         else:
@@ -366,7 +377,7 @@ def render(args) -> int:
         if key in results:
             results[key] = {name: results[key][name] for name in ROWS if name in results[key]}
     if "partial" in results:  # full, partial-label loss, naive; rows of other names after them
-        order = list(PARTIAL_ROWS.values())
+        order = [partial_row_name(key, augment) for augment in (False, True) for key in PARTIAL_ROWS]
         results["partial"] = dict(sorted(results["partial"].items(),
                                          key=lambda row: order.index(row[0]) if row[0] in order else len(order)))
     return write_tables(results, args)
@@ -406,7 +417,7 @@ def settings_md(results: dict) -> list[str]:
             f"{results['heldout_phantoms']} held-out, crop {' x '.join(map(str, results['crop_zyx']))}, "
             f"lr {results['lr']}, seed {results['seed']}; trained rows at a {results['spacing_mm']} mm grid, "
             f"local net {local[0]} levels x {local[1]} filters, spatial nets {results['spatial_filters']} "
-            "filters.", ""]
+            f"filters; augmentation {'on' if results.get('augment') else 'off'}.", ""]
 
 
 def _forward_md(rows: dict) -> list[str]:
@@ -425,7 +436,11 @@ def section_md(key: str, rows: dict, run_settings: dict, args) -> str:
              "partial": "## Partial labels"}[key]
     body = {"methods": lambda: _methods_md(rows, args), "forward": lambda: _forward_md(rows),
             "partial": lambda: _partial_md(rows)}[key]()
-    return "\n".join([title, "", *settings_md(run_settings), *body, ""])
+    lines = settings_md(run_settings)
+    if key == "partial" and not run_settings.get("augment") and any(n.endswith(", augmented") for n in rows):
+        lines += ["Rows named *augmented* trained with the default spatial and intensity augmentation "
+                  "(`--augment`); every other setting as above.", ""]
+    return "\n".join([title, "", *lines, *body, ""])
 
 
 def write_tables(results: dict, args) -> int:

@@ -107,3 +107,37 @@ def test_each_section_names_its_own_run_and_others_are_left_alone(tmp_path):
     assert "Idle CPU (2 threads)" in fwd and "steps" not in fwd
     scn, unet = "| SCN | 1,270,090 | 878.4 | 5.50 | 4.00 |", "| U-Net | 637,573 | 860.8 | 4.25 | 3.50 |"
     assert fwd.index(scn) < fwd.index(unet)  # the table's order, not the file's
+
+
+def test_augmented_rows_are_named_so_and_sit_after_the_plain_ones(tmp_path):
+    """``--augment`` turns the training augmentation on; its partial rows carry ", augmented" (the
+    fully labelled one is then no longer the methods table's SCN row), and rendered beside a plain run
+    they follow the plain rows, with a line saying what the mark means."""
+    assert compare_methods.train_config(compare_methods.parse_args([])).augment.enabled is False
+    args = compare_methods.parse_args(["--augment"])
+    assert compare_methods.train_config(args).augment.enabled is True
+    assert compare_methods.settings(args)["augment"] is True
+    full_aug = compare_methods.partial_row_name("full", True)
+    assert full_aug == "all four organs labelled | standard loss, augmented"
+    hybrid_aug = compare_methods.partial_row_name("hybrid", True)
+    assert hybrid_aug == compare_methods.PARTIAL_ROWS["hybrid"] + ", augmented"
+    assert compare_methods.partial_row_name("hybrid", False) == compare_methods.PARTIAL_ROWS["hybrid"]
+
+    plain, augmented = tmp_path / "plain", tmp_path / "aug"
+    plain.mkdir(), augmented.mkdir()
+    (plain / "settings.json").write_text(json.dumps(_settings(3000)))
+    (augmented / "settings.json").write_text(json.dumps({**_settings(3000), "augment": True}))
+    (augmented / "partial_so_far.json").write_text(json.dumps(
+        {hybrid_aug: {"scores": {"phantoms": [_case(0.65, 0)]}}, full_aug: {"scores": {"phantoms": [_case(0.7, 0)]}}}))
+    (plain / "partial_so_far.json").write_text(json.dumps(
+        {compare_methods.PARTIAL_ROWS["full"]: {"scores": {"phantoms": [_case(0.75, 0)]}}}))
+    doc = tmp_path / "comparison.md"
+    assert compare_methods.main(["--out", str(plain), "--render", str(augmented), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert "augmentation off." in text and "Rows named *augmented*" in text
+    assert text.index("| all four organs labelled | standard loss (= the SCN row) | 0.750 |") \
+        < text.index(f"| {full_aug} | 0.700 |") < text.index(f"| {hybrid_aug} | 0.650 |")
+    # the augmented run on its own says so in its settings line, and needs no extra line
+    assert compare_methods.main(["--out", str(augmented), "--render", "--doc", str(tmp_path / "a.md")]) == 0
+    alone = (tmp_path / "a.md").read_text()
+    assert "augmentation on." in alone and "Rows named" not in alone
