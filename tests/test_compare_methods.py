@@ -141,3 +141,43 @@ def test_augmented_rows_are_named_so_and_sit_after_the_plain_ones(tmp_path):
     assert compare_methods.main(["--out", str(augmented), "--render", "--doc", str(tmp_path / "a.md")]) == 0
     alone = (tmp_path / "a.md").read_text()
     assert "augmentation on." in alone and "Rows named" not in alone
+
+
+def test_score_train_splits_the_labelled_organ_from_the_unknown_ones(monkeypatch):
+    """A model that learned which organ each training phantom labels (finds it, calls the others
+    background) scores 1 / 0; one that learned the organs scores 1 / 1."""
+    import dataclasses
+
+    import numpy as np
+
+    @dataclasses.dataclass
+    class Case:
+        image_hu: np.ndarray
+        labels: np.ndarray
+        spacing_mm: tuple = (2.0, 2.0, 2.0)
+        annotated: tuple | None = None
+
+    labels = np.zeros((12, 12, 16), np.uint8)
+    for organ in range(1, 5):  # four 4 x 4 x 3 blocks, one per organ
+        labels[4:8, 4:8, 4 * organ - 4:4 * organ - 1] = organ
+    cases = compare_methods.partial_cases([Case(np.full(labels.shape, float(i)), labels) for i in range(4)])
+    assert [c.annotated for c in cases] == [(1,), (2,), (3,), (4,)]
+
+    class Segmenter:
+        def __init__(self, memorise):
+            self.memorise = memorise
+
+        def segment(self, image, geometry):
+            case = cases[int(image.flat[0])]
+            keep = np.isin(case.labels, case.annotated) if self.memorise else case.labels > 0
+            return type("Result", (), {"labels": np.where(keep, case.labels, 0).astype(np.uint8)})
+
+    for memorise, expected in ((True, (1.0, 0.0)), (False, (1.0, 1.0))):
+        monkeypatch.setattr(compare_methods, "segmenter_for", lambda run, m=memorise: Segmenter(m))
+        got = compare_methods.score_training(Path("unused"), cases)
+        assert (got["labelled_dsc"], got["unlabelled_dsc"]) == expected and got["cases"] == 4
+
+    row = {"scores": {"phantoms": [_case(0.5, 0)]}, "train": {"labelled_dsc": 0.91, "unlabelled_dsc": 0.12}}
+    text = "\n".join(compare_methods._partial_md({"one organ each | partial-label loss": row}))
+    assert "| one organ each | partial-label loss | 0.910 | 0.120 |" in text
+    assert "unlabelled organs DSC" not in "\n".join(compare_methods._partial_md({"x | y": {"scores": row["scores"]}}))
