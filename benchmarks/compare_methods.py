@@ -399,6 +399,8 @@ def render(args) -> int:
                     row["forward"] = measure_forward(name, args.threads)
                     log.info("%s: forward again %s", name, row["forward"])
                 path.write_text(json.dumps(rows, indent=1) + "\n")
+            if key == "partial":  # each row keeps the settings it was trained with
+                rows = {name: {**row, "settings": section_settings} for name, row in rows.items()}
             results.setdefault(key, {}).update(rows)
             results.setdefault("settings", {}).setdefault(key, section_settings)
     for key in ("methods", "forward"):
@@ -459,15 +461,26 @@ def _forward_md(rows: dict) -> list[str]:
     return lines
 
 
+def _other_settings_md(rows: dict, run_settings: dict) -> list[str]:
+    """A line for the partial rows rendered from a run other than the one that names the section:
+    augmented rows, and rows from another CPU (the DSC does not depend on it, the time does)."""
+    augmented = [row.get("settings", {}) for name, row in rows.items() if name.endswith(", augmented")]
+    if not augmented or run_settings.get("augment"):
+        return []
+    cpus = sorted({s["cpu"] for s in augmented if s.get("cpu") and s["cpu"] != run_settings.get("cpu")})
+    where = f" on {' and '.join(cpus)}" if cpus else ""
+    return [f"Rows named *augmented* trained with the default spatial and intensity augmentation "
+            f"(`--augment`){where}; every other setting as above.", ""]
+
+
 def section_md(key: str, rows: dict, run_settings: dict, args) -> str:
     title = {"methods": "## Methods", "forward": "## Forward pass on an idle machine",
              "partial": "## Partial labels"}[key]
     body = {"methods": lambda: _methods_md(rows, args), "forward": lambda: _forward_md(rows),
             "partial": lambda: _partial_md(rows)}[key]()
     lines = settings_md(run_settings)
-    if key == "partial" and not run_settings.get("augment") and any(n.endswith(", augmented") for n in rows):
-        lines += ["Rows named *augmented* trained with the default spatial and intensity augmentation "
-                  "(`--augment`); every other setting as above.", ""]
+    if key == "partial":
+        lines += _other_settings_md(rows, run_settings)
     return "\n".join([title, "", *lines, *body, ""])
 
 

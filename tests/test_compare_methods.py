@@ -126,7 +126,7 @@ def test_augmented_rows_are_named_so_and_sit_after_the_plain_ones(tmp_path):
     plain, augmented = tmp_path / "plain", tmp_path / "aug"
     plain.mkdir(), augmented.mkdir()
     (plain / "settings.json").write_text(json.dumps(_settings(3000)))
-    (augmented / "settings.json").write_text(json.dumps({**_settings(3000), "augment": True}))
+    (augmented / "settings.json").write_text(json.dumps({**_settings(3000), "augment": True, "cpu": "Other CPU"}))
     (augmented / "partial_so_far.json").write_text(json.dumps(
         {hybrid_aug: {"scores": {"phantoms": [_case(0.65, 0)]}}, full_aug: {"scores": {"phantoms": [_case(0.7, 0)]}}}))
     (plain / "partial_so_far.json").write_text(json.dumps(
@@ -134,7 +134,7 @@ def test_augmented_rows_are_named_so_and_sit_after_the_plain_ones(tmp_path):
     doc = tmp_path / "comparison.md"
     assert compare_methods.main(["--out", str(plain), "--render", str(augmented), "--doc", str(doc)]) == 0
     text = doc.read_text()
-    assert "augmentation off." in text and "Rows named *augmented*" in text
+    assert "augmentation off." in text and "Rows named *augmented*" in text and "(`--augment`) on Other CPU;" in text
     assert text.index("| all four organs labelled | standard loss (= the SCN row) | 0.750 |") \
         < text.index(f"| {full_aug} | 0.700 |") < text.index(f"| {hybrid_aug} | 0.650 |")
     # the augmented run on its own says so in its settings line, and needs no extra line
