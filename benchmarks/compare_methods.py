@@ -96,7 +96,7 @@ def train_config(args):
     from flare_seg.config import AugmentConfig, TrainConfig
 
     return TrainConfig(steps=args.steps, learning_rate=args.lr, seed=args.seed, train_size_zyx=tuple(args.crop),
-                       checkpoint_every=args.steps, validate_every=args.steps,
+                       checkpoint_every=args.checkpoint_every or args.steps, validate_every=args.steps,
                        augment=AugmentConfig(enabled=args.augment))
 
 
@@ -105,12 +105,18 @@ def train_row(run: Path, config, cases, args, **train_changes) -> Path:
     from flare_seg.training.loop import RunPaths, find_checkpoint, train
 
     cfg = replace(train_config(args), **train_changes)
-    if find_checkpoint(RunPaths(run)) is not None:
-        log.info("%s: trained already, reused", run)
+    checkpoint = find_checkpoint(RunPaths(run))
+    done = json.loads((checkpoint / "state.json").read_text())["step"] if checkpoint is not None else 0
+    if done >= cfg.steps:
+        log.info("%s: trained already (%d steps), reused", run, done)
         return run
+    if done:
+        log.info("%s: resuming at step %d of %d", run, done, cfg.steps)
+    seconds = run / "train_seconds.txt"
+    before = float(seconds.read_text()) if done and seconds.exists() else 0.0
     t0 = time.perf_counter()
-    train(config, cfg, cases, run, progress=False)
-    (run / "train_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+    train(config, cfg, cases, run, resume=bool(done), progress=False)
+    seconds.write_text(f"{before + time.perf_counter() - t0:.1f}\n")  # finished runs only: a killed one's time is lost
     return run
 
 
@@ -241,6 +247,9 @@ def parse_args(argv=None):
     p.add_argument("--augment", action="store_true",
                    help="train with the default spatial and intensity augmentation (off by default: every row "
                         "then sees the same crops); the partial rows' names say so")
+    p.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="checkpoint each row every N steps (default: at the end only), so a row cut short "
+                        "resumes there when the same command runs again")
     p.add_argument("--score-train", action="store_true",
                    help="also score each one-organ row on its own training phantoms against their full labels "
                         "(does it find the organs they leave unknown?); trained runs are reused")

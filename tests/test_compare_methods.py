@@ -181,3 +181,29 @@ def test_score_train_splits_the_labelled_organ_from_the_unknown_ones(monkeypatch
     text = "\n".join(compare_methods._partial_md({"one organ each | partial-label loss": row}))
     assert "| one organ each | partial-label loss | 0.910 | 0.120 |" in text
     assert "unlabelled organs DSC" not in "\n".join(compare_methods._partial_md({"x | y": {"scores": row["scores"]}}))
+
+
+def test_a_row_cut_short_resumes_from_its_checkpoint(tmp_path):
+    """With ``--checkpoint-every`` a row stopped part way continues where its checkpoint is when the
+    command runs again, instead of being taken as trained; a finished row is reused."""
+    from dataclasses import replace
+
+    from conftest import blob_case, tiny_configs
+
+    from flare_seg.training.loop import RunPaths, find_checkpoint
+
+    _, seg = tiny_configs()
+    seg = replace(seg, preprocess=replace(seg.preprocess, grid=replace(seg.preprocess.grid, spacing_mm=4.0)))
+    run, blobs = tmp_path / "row", [blob_case(0)]
+    step = lambda: json.loads((find_checkpoint(RunPaths(run)) / "state.json").read_text())["step"]  # noqa: E731
+    common = ["--crop", "32", "32", "32", "--checkpoint-every", "1"]
+    compare_methods.train_row(run, seg, blobs[:1], compare_methods.parse_args(["--steps", "1", *common]))
+    assert step() == 1  # as a run killed after its first checkpoint leaves it
+    first = float((run / "train_seconds.txt").read_text())
+    compare_methods.train_row(run, seg, blobs[:1], compare_methods.parse_args(["--steps", "2", *common]))
+    assert step() == 2 and float((run / "train_seconds.txt").read_text()) > first
+    rows = list(__import__("csv").DictReader(open(run / "train_log.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    weights = (run / "model.weights.h5").read_bytes()
+    compare_methods.train_row(run, seg, blobs[:1], compare_methods.parse_args(["--steps", "2", *common]))
+    assert (run / "model.weights.h5").read_bytes() == weights  # finished: reused, not trained again
