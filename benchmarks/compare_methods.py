@@ -472,7 +472,8 @@ def _forward_md(rows: dict) -> list[str]:
 
 def _other_settings_md(rows: dict, run_settings: dict) -> list[str]:
     """A line for the partial rows rendered from a run other than the one that names the section:
-    augmented rows, and rows from another CPU (the DSC does not depend on it, the time does)."""
+    augmented rows, and rows from another CPU (its floating-point order differs: the time, and the DSC
+    by a few hundredths, with it)."""
     augmented = [row.get("settings", {}) for name, row in rows.items() if name.endswith(", augmented")]
     if not augmented or run_settings.get("augment"):
         return []
