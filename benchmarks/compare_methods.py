@@ -102,11 +102,11 @@ def train_config(args):
 
 def train_row(run: Path, config, cases, args, **train_changes) -> Path:
     from flare_seg.config import replace
-    from flare_seg.training.loop import RunPaths, find_checkpoint, train
+    from flare_seg.training.loop import RunPaths, checkpoint_step, find_checkpoint, train
 
     cfg = replace(train_config(args), **train_changes)
     checkpoint = find_checkpoint(RunPaths(run))
-    done = json.loads((checkpoint / "state.json").read_text())["step"] if checkpoint is not None else 0
+    done = checkpoint_step(checkpoint) if checkpoint is not None else 0
     if done >= cfg.steps:
         log.info("%s: trained already (%d steps), reused", run, done)
         return run

@@ -190,12 +190,12 @@ def test_a_row_cut_short_resumes_from_its_checkpoint(tmp_path):
 
     from conftest import blob_case, tiny_configs
 
-    from flare_seg.training.loop import RunPaths, find_checkpoint
+    from flare_seg.training.loop import RunPaths, checkpoint_step, find_checkpoint
 
     _, seg = tiny_configs()
     seg = replace(seg, preprocess=replace(seg.preprocess, grid=replace(seg.preprocess.grid, spacing_mm=4.0)))
     run, blobs = tmp_path / "row", [blob_case(0)]
-    step = lambda: json.loads((find_checkpoint(RunPaths(run)) / "state.json").read_text())["step"]  # noqa: E731
+    step = lambda: checkpoint_step(find_checkpoint(RunPaths(run)))  # noqa: E731
     common = ["--crop", "32", "32", "32", "--checkpoint-every", "1"]
     compare_methods.train_row(run, seg, blobs[:1], compare_methods.parse_args(["--steps", "1", *common]))
     assert step() == 1  # as a run killed after its first checkpoint leaves it

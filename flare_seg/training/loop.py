@@ -243,6 +243,11 @@ def load_checkpoint(paths: RunPaths, model) -> int:
                              "(different model config?)")
         for var, key in zip(seeds, sorted(saved.files, key=lambda k: int(k[4:])), strict=True):
             var.assign(saved[key])
+    return checkpoint_step(folder)
+
+
+def checkpoint_step(folder: Path) -> int:
+    """The step a checkpoint folder (from :func:`find_checkpoint`) was saved at."""
     return int(json.loads((folder / "state.json").read_text())["step"])
 
 
