@@ -149,28 +149,30 @@ def real_cases(shared: Path = SHARED) -> list[tuple[str, Path, Path]]:
     return [c for c in found if c[0] not in missing]
 
 
-def evaluate_row(run: Path, held) -> dict:
+def evaluate_row(run: Path, held, segmenter=None, real: bool = True) -> dict:
+    """A row's scores on the held-out phantoms and, with ``real``, on the shared real CTs; pass
+    ``segmenter`` when the caller has the row's model loaded already."""
     from flare_seg import io
     from flare_seg.geometry import Geometry
 
-    segmenter = segmenter_for(run)
+    segmenter = segmenter or segmenter_for(run)
     result = {"phantoms": [score(segmenter, c.image_hu, c.labels, Geometry(c.image_hu.shape, c.spacing_mm))
                            for c in held]}
-    for name, ct, gt in real_cases(SHARED_DATA[0]):
+    for name, ct, gt in real_cases(SHARED_DATA[0]) if real else ():
         volume = io.read_ct(ct)
         labels, _, _ = io.read_image(gt)
         result[name] = [score(segmenter, volume.array, labels.astype(np.uint8), volume.geometry)]
     return result
 
 
-def score_training(run: Path, parts) -> dict:
+def score_training(run: Path, parts, segmenter=None) -> dict:
     """The partial row's model on its own training phantoms, scored against their *full* labels,
     split into the organ each phantom labels and the organs it leaves unknown. A model that learned
     which organs each phantom labels (a shortcut the merged background allows at no cost) scores high
     on the first and near zero on the second; one that learned the organs scores alike on both."""
     from flare_seg.geometry import Geometry
 
-    segmenter, labelled, unlabelled = segmenter_for(run), [], []
+    segmenter, labelled, unlabelled = segmenter or segmenter_for(run), [], []
     for case in parts:
         scores = score(segmenter, case.image_hu, case.labels, Geometry(case.image_hu.shape, case.spacing_mm))
         for index, organ in enumerate(ORGANS, start=1):
@@ -352,9 +354,10 @@ def run_partial(args, train, held, scn_full: Path) -> dict:
         else:
             folder, changes = PARTIAL_RUNS[key]
             run = train_row(args.out / folder, config, parts, args, **changes)
-        out[name] = {"scores": {"phantoms": evaluate_row(run, held)["phantoms"]}}
+        segmenter = segmenter_for(run)  # loaded once for both scorings
+        out[name] = {"scores": {"phantoms": evaluate_row(run, held, segmenter, real=False)["phantoms"]}}
         if args.score_train and key != "full":
-            out[name]["train"] = score_training(run, parts)
+            out[name]["train"] = score_training(run, parts, segmenter)
         path.write_text(json.dumps(out, indent=1) + "\n")
     return out
 
@@ -408,8 +411,14 @@ def render(args) -> int:
                     row["forward"] = measure_forward(name, args.threads)
                     log.info("%s: forward again %s", name, row["forward"])
                 path.write_text(json.dumps(rows, indent=1) + "\n")
-            if key == "partial":  # each row keeps the settings it was trained with
-                rows = {name: {**row, "settings": section_settings} for name, row in rows.items()}
+            if key == "partial":  # each row keeps the settings it was trained with, and a name of its own
+                reference = results.get("settings", {}).get(key, section_settings)
+                named = {}
+                for name, row in rows.items():
+                    name = distinct_row_name(name, section_settings, reference,
+                                             [*results.get(key, {}), *named], folder.name)
+                    named[name] = {**row, "settings": section_settings}
+                rows = named
             results.setdefault(key, {}).update(rows)
             results.setdefault("settings", {}).setdefault(key, section_settings)
     for key in ("methods", "forward"):
@@ -420,6 +429,17 @@ def render(args) -> int:
         results["partial"] = dict(sorted(results["partial"].items(),
                                          key=lambda row: order.index(row[0]) if row[0] in order else len(order)))
     return write_tables(results, args)
+
+
+def distinct_row_name(name: str, row_settings: dict, reference: dict, taken, folder: str) -> str:
+    """A partial row's name in a table rendered from several runs: a row trained for another number
+    of steps than the section's own says how many, and a row whose name another run's row holds
+    already (same labels, loss and steps, e.g. the same row trained again on another CPU) is marked
+    with its folder, so that no row overwrites another."""
+    steps = row_settings.get("steps")
+    if steps is not None and steps != reference.get("steps"):
+        name = f"{name}, {steps:,} steps"
+    return f"{name} [{folder}]" if name in taken else name
 
 
 def run_forward(args) -> dict:
@@ -472,15 +492,27 @@ def _forward_md(rows: dict) -> list[str]:
 
 def _other_settings_md(rows: dict, run_settings: dict) -> list[str]:
     """A line for the partial rows rendered from a run other than the one that names the section:
-    augmented rows, and rows from another CPU (its floating-point order differs: the time, and the DSC
-    by a few hundredths, with it)."""
-    augmented = [row.get("settings", {}) for name, row in rows.items() if name.endswith(", augmented")]
-    if not augmented or run_settings.get("augment"):
+    augmented rows, rows of another length, and rows from another CPU (its floating-point order
+    differs: the time, and the DSC by a few hundredths, with it)."""
+    others = {name: row["settings"] for name, row in rows.items() if row.get("settings")
+              and any(row["settings"].get(k) != run_settings.get(k) for k in ("augment", "steps", "cpu"))}
+    if not others:
         return []
-    cpus = sorted({s["cpu"] for s in augmented if s.get("cpu") and s["cpu"] != run_settings.get("cpu")})
-    where = f" on {' and '.join(cpus)}" if cpus else ""
-    return [f"Rows named *augmented* trained with the default spatial and intensity augmentation "
-            f"(`--augment`){where}; every other setting as above.", ""]
+    parts = []
+    if any(s.get("augment") for s in others.values()) and not run_settings.get("augment"):
+        parts.append("rows named *augmented* trained with the default spatial and intensity augmentation "
+                     "(`--augment`)")
+    lengths = sorted({s["steps"] for s in others.values() if s.get("steps") not in (None, run_settings.get("steps"))})
+    parts += [f"rows named *{n:,} steps* trained for {n:,} steps" for n in lengths]
+    if any(name.endswith("]") for name in others):
+        parts.append("a row marked *[folder]* is the row of that name trained again, stored in that folder")
+    cpus = sorted({s.get("cpu") for s in others.values() if s.get("cpu") != run_settings.get("cpu")} - {None})
+    text = "; ".join(parts) or "some rows trained"
+    if cpus:
+        everywhere = all(s.get("cpu") in cpus for s in others.values())
+        text += (" on " if len(parts) < 2 and everywhere else "; all these rows on " if everywhere
+                 else "; some on ") + " and ".join(cpus)
+    return [f"{text[0].upper()}{text[1:]}; every other setting as above.", ""]
 
 
 def section_md(key: str, rows: dict, run_settings: dict, args) -> str:

@@ -143,6 +143,36 @@ def test_augmented_rows_are_named_so_and_sit_after_the_plain_ones(tmp_path):
     assert "augmentation on." in alone and "Rows named" not in alone
 
 
+def test_rows_of_longer_runs_and_reruns_keep_their_own_names(tmp_path):
+    """Rendered beside the 3,000-step rows, a 10,000-step run's rows say their steps, and a row trained
+    again under the same name and steps (another CPU) is marked with its folder: no row overwrites
+    another, and the settings line says what the marks mean."""
+    hybrid_aug = compare_methods.partial_row_name("hybrid", True)
+    plain, short, long, again = (tmp_path / n for n in ("plain", "aug3k", "aug10k", "zen4"))
+    for folder, extra in ((plain, {}), (short, {"augment": True}), (long, {"augment": True, "steps": 10000}),
+                          (again, {"cpu": "Other CPU"})):
+        folder.mkdir()
+        (folder / "settings.json").write_text(json.dumps({**_settings(3000), **extra}))
+    hybrid = compare_methods.PARTIAL_ROWS["hybrid"]
+    (plain / "partial_so_far.json").write_text(json.dumps({hybrid: {"scores": {"phantoms": [_case(0.49, 0)]}}}))
+    (short / "partial_so_far.json").write_text(json.dumps({hybrid_aug: {"scores": {"phantoms": [_case(0.19, 0)]}}}))
+    (long / "partial_so_far.json").write_text(json.dumps({hybrid_aug: {"scores": {"phantoms": [_case(0.61, 0)]},
+                                                                      "train": {"labelled_dsc": 0.7,
+                                                                                "unlabelled_dsc": 0.6}}}))
+    (again / "partial_so_far.json").write_text(json.dumps({hybrid: {"scores": {"phantoms": [_case(0.45, 0)]}}}))
+    doc = tmp_path / "c.md"
+    assert compare_methods.main(["--out", str(plain), "--render", str(short), str(long), str(again),
+                                 "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    for line in (f"| {hybrid} | 0.490 |", f"| {hybrid_aug} | 0.190 |", f"| {hybrid_aug}, 10,000 steps | 0.610 |",
+                 f"| {hybrid} [zen4] | 0.450 |", f"| {hybrid_aug}, 10,000 steps | 0.700 | 0.600 |"):
+        assert line in text, line
+    assert "rows named *10,000 steps* trained for 10,000 steps" in text
+    assert "a row marked *[folder]* is the row of that name trained again" in text
+    assert "some on Other CPU; every other setting as above." in text  # only the rerun is on another CPU
+    assert compare_methods.distinct_row_name("x", {"steps": 3000}, {"steps": 3000}, [], "f") == "x"
+
+
 def test_score_train_splits_the_labelled_organ_from_the_unknown_ones(monkeypatch):
     """A model that learned which organ each training phantom labels (finds it, calls the others
     background) scores 1 / 0; one that learned the organs scores 1 / 1."""
