@@ -327,10 +327,11 @@ def run_methods(args, train, held) -> dict:
 PARTIAL_ROWS = {"full": "all four organs labelled | standard loss (= the SCN row)",
                 "partial": "four sets, one organ each | partial-label loss",
                 "naive": "four sets, one organ each | naive (unlabelled = background)",
-                "hybrid": "four sets, one organ each | partial-label loss, seed 001's hybrid (batch Dice + focal)"}
+                "hybrid": "four sets, one organ each | partial-label loss, seed 001's hybrid (batch Dice + focal)",
+                "self": "four sets, one organ each | partial-label loss, background against its own belief (self)"}
 #: the run folder and the training-config changes of each row trained on the one-organ sets
 PARTIAL_RUNS = {"partial": ("partial_loss", {}), "naive": ("partial_naive", {"partial_labels": False}),
-                "hybrid": ("partial_hybrid", {"loss": "hybrid"})}
+                "hybrid": ("partial_hybrid", {"loss": "hybrid"}), "self": ("partial_self", {"partial_mode": "self"})}
 
 
 def partial_row_name(key: str, augment: bool) -> str:

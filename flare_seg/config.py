@@ -189,6 +189,11 @@ class TrainConfig:
     #: merged into the background before the loss (re-calibration) and left out of Dice terms.
     #: False treats them as background (the naive baseline). No effect on fully labelled data.
     partial_labels: bool = True
+    #: How the segmenter's losses treat an organ a case does not annotate: ``"recalibrate"`` (seed
+    #: 001: merged into the background) or ``"self"`` (its channel is trained only where it is known
+    #: to be absent; the background's target on label-0 voxels is the network's own belief; see
+    #: :mod:`flare_seg.training.partial`). The localizer's softmax always uses re-calibration.
+    partial_mode: str = "recalibrate"
     #: ``"paper"``: generalized Dice (+ CE for the SCN), seed 002. ``"hybrid"``: seed 001's batch
     #: Dice x ``hybrid_dice_weight`` + spatially balanced focal loss x ``hybrid_focal_weight``
     #: with focusing exponent ``focal_gamma``, in place of the generalized Dice term.
@@ -213,6 +218,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.loss not in ("paper", "hybrid"):
             raise ValueError(f"loss must be 'paper' or 'hybrid', got {self.loss!r}")
+        if self.partial_mode not in ("recalibrate", "self"):
+            raise ValueError(f"partial_mode must be 'recalibrate' or 'self', got {self.partial_mode!r}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if self.batch_size > 1 and self.train_size_zyx is None:  # whole-ROI grids differ in size per sample

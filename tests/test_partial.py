@@ -204,3 +204,103 @@ def test_partial_losses_equal_the_papers_on_fully_annotated_data():
     y2 = np.eye(2, dtype="float32")[(labels > 0).astype(int)]
     np.testing.assert_allclose(_np(loc["logits"](y2, logits[..., :2])),
                                _np(losses.softmax_generalized_dice_loss(y2, logits[..., :2])), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- partial_mode="self"
+
+
+def test_self_target_cross_entropy_hand_worked():
+    """One label-0 voxel with the liver unknown, and one voxel of the annotated kidney."""
+    y = np.zeros((1, 1, 1, 2, 3), "float32")
+    y[0, 0, 0, 0, 0] = 1          # voxel 0: label 0 (background or the unknown liver)
+    y[0, 0, 0, 1, 2] = 1          # voxel 1: the annotated kidney
+    y[..., 1] = partial.UNKNOWN
+    logits = np.zeros((1, 1, 1, 2, 3), "float32")
+    logits[0, 0, 0, 0, 1] = _logit(0.8)  # the network believes the liver is at voxel 0
+    logits[0, 0, 0, 1] = [_logit(0.1), _logit(0.3), _logit(0.9)]
+    # voxel 0: background target 1 - 0.8 = 0.2 against p = 0.5, as KL; liver: no term; kidney: BCE(0, 0.5)
+    kl = 0.2 * np.log(0.2 / 0.5) + 0.8 * np.log(0.8 / 0.5)
+    v0 = kl + 0 + np.log(2)
+    # voxel 1: background BCE(0, 0.1); liver known absent on the kidney: BCE(0, 0.3); kidney BCE(1, 0.9)
+    v1 = -np.log(0.9) - np.log(0.7) - np.log(0.9)
+    np.testing.assert_allclose(_np(partial.self_target_sigmoid_cross_entropy(y, logits)), [(v0 + v1) / 6],
+                               rtol=1e-5)
+
+
+def test_self_mode_gives_an_unknown_organ_no_gradient_where_it_may_be():
+    import tensorflow as tf
+
+    y = np.zeros((1, 1, 1, 2, 3), "float32")
+    y[0, 0, 0, 0, 0] = 1
+    y[0, 0, 0, 1, 2] = 1
+    y[..., 1] = partial.UNKNOWN
+    logits = tf.Variable(np.random.default_rng(0).normal(size=y.shape).astype("float32"))
+    with tf.GradientTape() as tape:
+        loss = partial.self_target_sigmoid_cross_entropy(y, logits)
+    grad = tape.gradient(loss, logits).numpy()
+    assert grad[0, 0, 0, 0, 1] == 0            # the unknown liver on a label-0 voxel: untouched
+    assert grad[0, 0, 0, 1, 1] > 0             # ... but pushed down on the annotated kidney's voxel
+    # re-calibration, by contrast, pushes the unknown liver's logit on the label-0 voxel (upwards)
+    with tf.GradientTape() as tape:
+        loss = partial.partial_sigmoid_cross_entropy(y, logits)
+    assert tape.gradient(loss, logits).numpy()[0, 0, 0, 0, 1] < 0
+
+
+def test_self_mode_an_unannotated_organ_found_by_the_network_adds_nothing_to_the_scn_loss():
+    y = np.zeros((1, 1, 2, 2, 5), "float32")
+    y[..., 0] = 1
+    y[0, 0, 0, 0] = [0, 1, 0, 0, 0]
+    y[..., 2] = partial.UNKNOWN
+    found = np.full((1, 1, 2, 2, 5), 0.02, "float32")
+    found[0, 0, 0, 0] = [0.02, 0.97, 0.02, 0.02, 0.02]
+    found[0, 0, 0, 1] = [0.97, 0.02, 0.02, 0.02, 0.02]
+    found[0, 0, 1, :] = [0.03, 0.02, 0.97, 0.02, 0.02]  # the unlabelled kidney found, background agrees
+    background = found.copy()
+    background[0, 0, 1, :, 0], background[0, 0, 1, :, 2] = 0.97, 0.03  # ... or called background
+    loss_fns, weights = objectives.model_losses(SegmenterConfig(), TrainConfig(partial_mode="self"))
+
+    def total(p):
+        return sum(weights[k] * float(_np(fn(y, _logit(p) if k != "prob" else p))[0]) for k, fn in loss_fns.items())
+
+    assert total(found) == pytest.approx(total(background), abs=1e-6)
+    disagrees = found.copy()
+    disagrees[0, 0, 1, :, 0] = 0.97  # kidney found but the background says "nothing here": that costs
+    assert total(disagrees) > total(found) + 0.1
+
+
+def test_self_mode_dice_counts_annotated_organs_only():
+    y, p = _four_voxels()
+    y[..., 2] = partial.UNKNOWN
+    target, probs, known = (_np(a) for a in partial.recalibrate_self(y, p))
+    np.testing.assert_array_equal(known, [[0, 1, 0]])  # no background, no kidney: liver only
+    loss = partial.dice_term(partial.recalibrate_self)
+    # liver: target [1, 1, 0, 0], prediction [1, 0, 0, 0] -> Dice 2/3
+    np.testing.assert_allclose(_np(loss(y, p)), [1 / 3], rtol=1e-5)
+
+
+def test_self_mode_equals_the_papers_losses_on_fully_annotated_data():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 5, (2, 4, 4, 4))
+    y = np.eye(5, dtype="float32")[labels]
+    logits = rng.normal(size=y.shape).astype("float32")
+    probs = 1 / (1 + np.exp(-logits))
+    np.testing.assert_allclose(_np(partial.self_target_sigmoid_cross_entropy(y, logits)),
+                               _np(losses.sigmoid_cross_entropy(y, logits)), rtol=1e-5)
+    np.testing.assert_allclose(_np(partial.dice_term(partial.recalibrate_self)(y, probs)),
+                               _np(losses.generalized_dice_loss(y, probs)), rtol=1e-6)
+    with pytest.raises(ValueError, match="partial_mode"):
+        TrainConfig(partial_mode="guess")
+
+
+def test_self_mode_trains_and_resumes_through_the_cli_on_a_partially_annotated_folder(tmp_path):
+    from conftest import blob_case, train_tiny_segmenter_cli, write_dataset
+
+    write_dataset(tmp_path / "data", [blob_case(0), blob_case(1)])
+    (tmp_path / "data" / "dataset.json").write_text(json.dumps(
+        {"annotated": {"blob0": ["liver"], "*": ["kidney", "spleen"]}}))
+    run = train_tiny_segmenter_cli(tmp_path, tmp_path / "data", "--partial-mode", "self")
+    assert json.loads((run / "train_config.json").read_text())["partial_mode"] == "self"  # kept by --resume
+    import csv
+
+    rows = list(csv.DictReader((run / "train_log.csv").open()))
+    assert rows and all(np.isfinite(float(r["loss"])) for r in rows)

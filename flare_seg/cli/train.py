@@ -107,6 +107,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sampling weight of each --data source (default: every case equally likely)")
     p.add_argument("--no-partial-labels", action="store_true",
                    help="treat organs a dataset.json does not annotate as background (naive baseline)")
+    p.add_argument("--partial-mode", choices=("recalibrate", "self"),
+                   help="segmenter, organs a dataset.json does not annotate: merged into the background (seed "
+                        "001, default) or trained only where known absent, background against the network's own "
+                        "belief (self)")
     p.add_argument("--loss", choices=("paper", "hybrid"),
                    help="Dice term: generalized Dice (paper) or batch Dice + spatially balanced focal (seed 001)")
     p.add_argument("--focal-gamma", type=float, help="focusing exponent of the hybrid loss's focal term (default 2)")
@@ -128,7 +132,7 @@ def _train_config(args) -> TrainConfig:
         "checkpoint_every": args.checkpoint_every, "validate_every": args.validate_every,
         "workers": args.workers, "seed": args.seed, "folds": args.folds, "fold": args.fold,
         "loss": args.loss, "focal_gamma": args.focal_gamma, "batch_size": args.batch_size,
-        "presence_weight": args.presence_weight,
+        "presence_weight": args.presence_weight, "partial_mode": args.partial_mode,
     }
     if args.distribute is not None:
         cfg = replace(cfg, distribute=None if args.distribute == "none" else args.distribute)

@@ -4,7 +4,8 @@ The SCN trains ``prob`` (Dice term) + ``local`` and ``spatial`` (cross-entropy, 
 the plain and attention U-Nets have no spatial part and train ``prob`` + ``local``; the localizer
 trains its softmax ``logits``; a segmenter with the presence head also trains ``presence``
 (masked binary cross-entropy, :mod:`flare_seg.training.presence`). Every loss is the partial-label
-version of :mod:`flare_seg.training.partial`, which equals the paper's on fully annotated data.
+version of :mod:`flare_seg.training.partial` (``TrainConfig.partial_mode`` picks the segmenter's),
+which equals the paper's on fully annotated data.
 """
 
 from __future__ import annotations
@@ -42,11 +43,13 @@ def model_losses(model_config, train: TrainConfig) -> tuple[dict, dict]:
     """``(losses, loss_weights)`` dicts keyed by output name, for ``model.compile``."""
     if isinstance(model_config, LocalizerConfig):
         return {"logits": partial.softmax_term(**_dice_options(train))}, {"logits": 1.0}
-    losses = {"prob": partial.dice_term(partial.recalibrate_independent, **_dice_options(train)),
-              "local": partial.partial_sigmoid_cross_entropy}
+    self_mode = train.partial_mode == "self"
+    cross_entropy = partial.self_target_sigmoid_cross_entropy if self_mode else partial.partial_sigmoid_cross_entropy
+    recalibrate = partial.recalibrate_self if self_mode else partial.recalibrate_independent
+    losses = {"prob": partial.dice_term(recalibrate, **_dice_options(train)), "local": cross_entropy}
     weights = {"prob": 1.0, "local": float(train.loss_lambda_local)}
     if "spatial" in output_names(model_config):
-        losses["spatial"] = partial.partial_sigmoid_cross_entropy
+        losses["spatial"] = cross_entropy
         weights["spatial"] = float(train.loss_lambda_spatial)
     if model_config.presence_head:
         losses[presence.OUTPUT] = presence.presence_cross_entropy

@@ -19,6 +19,19 @@ seed's formula); for the SCN's independent sigmoids it is the probability that t
 background *or* any unknown organ, ``1 - (1 - p_bg) prod (1 - p_unknown)``, computed from the
 logits for the cross-entropy terms.
 
+``partial_mode="self"`` (:class:`flare_seg.config.TrainConfig`; not in the seed) is the alternative
+for the segmenter's independent sigmoids. Under re-calibration the background channel is pushed
+*up* on an unknown organ's voxels (the merged term is satisfied by whichever of the two leads, and
+the background leads from the start), so a network that can tell its training cases apart learns
+to call unlabelled organs background. Under ``"self"`` the losses touch an unknown organ's channel
+only where it is known to be absent (on the voxels of the organs the case does annotate: organs do
+not overlap), and the background's cross-entropy target on a label-0 voxel is the network's own
+belief that no unknown organ is there, ``prod (1 - p_unknown)`` with the gradient stopped, in its
+KL form (zero when the background agrees). So a label-0 voxel of a partial case costs the same
+whether the network finds the unknown organ there or not, and nothing pushes that organ's channel
+either way; the organ channels learn from the cases that annotate them. The Dice terms then count
+annotated organs only, and not the background of a partially annotated sample.
+
 The hybrid loss of seed 001 (batch Dice + spatially balanced focal loss) is here too; its
 parameters are in :class:`flare_seg.config.TrainConfig`.
 """
@@ -150,6 +163,17 @@ def recalibrate_independent(y_true, probs):
     return ops.maximum(ops.cast(y_true, "float32"), 0.0), merged, known
 
 
+def recalibrate_self(y_true, probs):
+    """``partial_mode="self"``'s Dice-term view: annotated organs only, and in a sample with unknown
+    organs no background either (its label-0 voxels may be unknown organs). Returns
+    ``(target, probs, known)`` like the other re-calibrations; channels not counted are 0 in both."""
+    known = known_channels(y_true)
+    partial_sample = ops.less(ops.min(known, axis=-1, keepdims=True), 0.5)
+    known = ops.concatenate([ops.where(partial_sample, 0.0, known[:, :1]), known[:, 1:]], axis=-1)
+    k = known[:, None, None, None, :]
+    return ops.maximum(ops.cast(y_true, "float32"), 0.0) * k, ops.cast(probs, "float32") * k, known
+
+
 # ----------------------------------------------------------------------------- losses
 
 
@@ -208,6 +232,32 @@ def partial_sigmoid_cross_entropy(y_true, logits):
     background = ops.where(_any_unknown(known), merged, per_voxel[..., :1])
     per_voxel = ops.concatenate([background, per_voxel[..., 1:]], axis=-1)
     return ops.mean(per_voxel, axis=(1, 2, 3, 4))
+
+
+def self_target_sigmoid_cross_entropy(y_true, logits):
+    """``partial_mode="self"``: mean binary cross-entropy per label where each label's answer is known.
+
+    Annotated channels: as the paper. An unknown organ's channel: target 0 on the annotated organs'
+    voxels, nothing elsewhere. Background: target 0 on annotated organs' voxels; on a label-0 voxel
+    the target ``t = prod_unknown (1 - stop_gradient(p_u))``, as ``BCE(t, x) - H(t)`` (the KL
+    divergence: 0 when the background agrees with the organ channels, and the same gradient).
+    With every organ annotated this is :func:`flare_seg.training.losses.sigmoid_cross_entropy`."""
+    known = known_channels(y_true)
+    k = known[:, None, None, None, :]
+    z = ops.maximum(ops.cast(y_true, "float32"), 0.0)
+    x = ops.cast(logits, "float32")
+    p_unknown = ops.stop_gradient(ops.sigmoid(x[..., 1:])) * (1.0 - k[..., 1:])
+    free = ops.prod(1.0 - p_unknown, axis=-1, keepdims=True)
+    t_bg = z[..., :1] * free
+    target = ops.concatenate([t_bg, z[..., 1:] * k[..., 1:]], axis=-1)
+    on_annotated_organ = ops.sum(z[..., 1:] * k[..., 1:], axis=-1, keepdims=True)
+    weight = ops.concatenate([ops.ones_like(t_bg), k[..., 1:] + (1.0 - k[..., 1:]) * on_annotated_organ], axis=-1)
+    bce = ops.relu(x) - x * target + ops.log1p(ops.exp(-ops.abs(x)))
+    t = ops.clip(t_bg, 1e-7, 1.0 - 1e-7)
+    entropy = ops.where(ops.logical_and(ops.greater(t_bg, 0.0), ops.less(t_bg, 1.0)),
+                        -(t * ops.log(t) + (1.0 - t) * ops.log(1.0 - t)), 0.0)
+    bce = ops.concatenate([bce[..., :1] - entropy, bce[..., 1:]], axis=-1)
+    return ops.mean(bce * weight, axis=(1, 2, 3, 4))
 
 
 def dice_term(recalibrate, loss: str = "paper", dice_weight: float = 1.0, focal_weight: float = 1.0,
