@@ -210,19 +210,38 @@ def _methods_md(rows: dict, args) -> list[str]:
     return lines
 
 
-def _partial_md(rows: dict) -> list[str]:
+CPU_MARKS = "¹²³⁴⁵⁶⁷⁸⁹"
+
+
+def cpu_marks(rows: dict, run_settings: dict) -> dict[str, str]:
+    """A mark for each CPU other than the section's that some row was trained on (its floating-point
+    order differs: the time, and the DSC by a few hundredths, with it)."""
+    cpus = sorted({row["settings"].get("cpu") for row in rows.values() if row.get("settings")} -
+                  {None, run_settings.get("cpu")})
+    return dict(zip(cpus, CPU_MARKS, strict=False))
+
+
+def _marked(name: str, row: dict, marks: dict) -> str:
+    mark = marks.get((row.get("settings") or {}).get("cpu"))
+    return f"{name} {mark}" if mark else name
+
+
+def _partial_md(rows: dict, marks: dict | None = None) -> list[str]:
+    marks = marks or {}
     lines = ["| training labels | loss | " + " | ".join(f"{o} DSC" for o in ORGANS) + " | mean |",
              "|---|---|" + "---:|" * (len(ORGANS) + 1)]
     for name, row in rows.items():
         values = [mean_over(row["scores"]["phantoms"], o, "dsc") for o in ORGANS]
-        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {np.mean(values):.3f} |")
-    trained = {name: row["train"] for name, row in rows.items() if "train" in row}
+        lines.append(f"| {_marked(name, row, marks)} | " + " | ".join(f"{v:.3f}" for v in values) +
+                     f" | {np.mean(values):.3f} |")
+    trained = {name: row for name, row in rows.items() if "train" in row}
     if trained:
         lines += ["", "The same models on their own training phantoms, scored against the phantoms' full labels "
                   "(`--score-train`): mean DSC of the organ each phantom labels, and of the three it leaves "
                   "unknown:", "", "| training labels | loss | labelled organ DSC | unlabelled organs DSC |",
                   "|---|---|---:|---:|"]
-        lines += [f"| {name} | {t['labelled_dsc']:.3f} | {t['unlabelled_dsc']:.3f} |" for name, t in trained.items()]
+        lines += [f"| {_marked(name, row, marks)} | {row['train']['labelled_dsc']:.3f} | "
+                  f"{row['train']['unlabelled_dsc']:.3f} |" for name, row in trained.items()]
     return lines
 
 
@@ -493,8 +512,7 @@ def _forward_md(rows: dict) -> list[str]:
 
 def _other_settings_md(rows: dict, run_settings: dict) -> list[str]:
     """A line for the partial rows rendered from a run other than the one that names the section:
-    augmented rows, rows of another length, and rows from another CPU (its floating-point order
-    differs: the time, and the DSC by a few hundredths, with it)."""
+    augmented rows, rows of another length, and what each row's CPU mark (:func:`cpu_marks`) means."""
     others = {name: row["settings"] for name, row in rows.items() if row.get("settings")
               and any(row["settings"].get(k) != run_settings.get(k) for k in ("augment", "steps", "cpu"))}
     if not others:
@@ -507,12 +525,8 @@ def _other_settings_md(rows: dict, run_settings: dict) -> list[str]:
     parts += [f"rows named *{n:,} steps* trained for {n:,} steps" for n in lengths]
     if any(name.endswith("]") for name in others):
         parts.append("a row marked *[folder]* is the row of that name trained again, stored in that folder")
-    cpus = sorted({s.get("cpu") for s in others.values() if s.get("cpu") != run_settings.get("cpu")} - {None})
-    text = "; ".join(parts) or "some rows trained"
-    if cpus:
-        everywhere = all(s.get("cpu") in cpus for s in others.values())
-        text += (" on " if len(parts) < 2 and everywhere else "; all these rows on " if everywhere
-                 else "; some on ") + " and ".join(cpus)
+    parts += [f"rows marked {mark} trained on {cpu}" for cpu, mark in cpu_marks(rows, run_settings).items()]
+    text = "; ".join(parts)
     return [f"{text[0].upper()}{text[1:]}; every other setting as above.", ""]
 
 
@@ -520,7 +534,7 @@ def section_md(key: str, rows: dict, run_settings: dict, args) -> str:
     title = {"methods": "## Methods", "forward": "## Forward pass on an idle machine",
              "partial": "## Partial labels"}[key]
     body = {"methods": lambda: _methods_md(rows, args), "forward": lambda: _forward_md(rows),
-            "partial": lambda: _partial_md(rows)}[key]()
+            "partial": lambda: _partial_md(rows, cpu_marks(rows, run_settings))}[key]()
     lines = settings_md(run_settings)
     if key == "partial":
         lines += _other_settings_md(rows, run_settings)

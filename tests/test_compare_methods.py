@@ -134,9 +134,10 @@ def test_augmented_rows_are_named_so_and_sit_after_the_plain_ones(tmp_path):
     doc = tmp_path / "comparison.md"
     assert compare_methods.main(["--out", str(plain), "--render", str(augmented), "--doc", str(doc)]) == 0
     text = doc.read_text()
-    assert "augmentation off." in text and "Rows named *augmented*" in text and "(`--augment`) on Other CPU;" in text
+    assert "augmentation off." in text and "Rows named *augmented*" in text
+    assert "(`--augment`); rows marked ¹ trained on Other CPU; every other" in text
     assert text.index("| all four organs labelled | standard loss (= the SCN row) | 0.750 |") \
-        < text.index(f"| {full_aug} | 0.700 |") < text.index(f"| {hybrid_aug} | 0.650 |")
+        < text.index(f"| {full_aug} ¹ | 0.700 |") < text.index(f"| {hybrid_aug} ¹ | 0.650 |")
     # the augmented run on its own says so in its settings line, and needs no extra line
     assert compare_methods.main(["--out", str(augmented), "--render", "--doc", str(tmp_path / "a.md")]) == 0
     alone = (tmp_path / "a.md").read_text()
@@ -149,8 +150,8 @@ def test_rows_of_longer_runs_and_reruns_keep_their_own_names(tmp_path):
     another, and the settings line says what the marks mean."""
     hybrid_aug = compare_methods.partial_row_name("hybrid", True)
     plain, short, long, again = (tmp_path / n for n in ("plain", "aug3k", "aug10k", "zen4"))
-    for folder, extra in ((plain, {}), (short, {"augment": True}), (long, {"augment": True, "steps": 10000}),
-                          (again, {"cpu": "Other CPU"})):
+    for folder, extra in ((plain, {}), (short, {"augment": True}),
+                          (long, {"augment": True, "steps": 10000, "cpu": "Third CPU"}), (again, {"cpu": "Other CPU"})):
         folder.mkdir()
         (folder / "settings.json").write_text(json.dumps({**_settings(3000), **extra}))
     hybrid = compare_methods.PARTIAL_ROWS["hybrid"]
@@ -164,12 +165,14 @@ def test_rows_of_longer_runs_and_reruns_keep_their_own_names(tmp_path):
     assert compare_methods.main(["--out", str(plain), "--render", str(short), str(long), str(again),
                                  "--doc", str(doc)]) == 0
     text = doc.read_text()
-    for line in (f"| {hybrid} | 0.490 |", f"| {hybrid_aug} | 0.190 |", f"| {hybrid_aug}, 10,000 steps | 0.610 |",
-                 f"| {hybrid} [zen4] | 0.450 |", f"| {hybrid_aug}, 10,000 steps | 0.700 | 0.600 |"):
+    for line in (f"| {hybrid} | 0.490 |", f"| {hybrid_aug} | 0.190 |", f"| {hybrid_aug}, 10,000 steps ² | 0.610 |",
+                 f"| {hybrid} [zen4] ¹ | 0.450 |", f"| {hybrid_aug}, 10,000 steps ² | 0.700 | 0.600 |"):
         assert line in text, line
     assert "rows named *10,000 steps* trained for 10,000 steps" in text
     assert "a row marked *[folder]* is the row of that name trained again" in text
-    assert "some on Other CPU; every other setting as above." in text  # only the rerun is on another CPU
+    assert "rows marked ¹ trained on Other CPU; rows marked ² trained on Third CPU; every other setting as " \
+        "above." in text  # each row says which CPU it came from
+    assert text.count(" ¹ |") == 1
     assert compare_methods.distinct_row_name("x", {"steps": 3000}, {"steps": 3000}, [], "f") == "x"
 
 
