@@ -458,7 +458,7 @@ def distinct_row_name(name: str, row_settings: dict, reference: dict, taken, fol
     with its folder, so that no row overwrites another."""
     steps = row_settings.get("steps")
     if steps is not None and steps != reference.get("steps"):
-        name = f"{name}, {steps:,} steps"
+        name = f"{name.replace(' (= the SCN row)', '')}, {steps:,} steps"  # the SCN row has the section's steps
     return f"{name} [{folder}]" if name in taken else name
 
 

@@ -174,6 +174,9 @@ def test_rows_of_longer_runs_and_reruns_keep_their_own_names(tmp_path):
         "above." in text  # each row says which CPU it came from
     assert text.count(" ¹ |") == 1
     assert compare_methods.distinct_row_name("x", {"steps": 3000}, {"steps": 3000}, [], "f") == "x"
+    full = compare_methods.PARTIAL_ROWS["full"]
+    assert compare_methods.distinct_row_name(full, {"steps": 750}, {"steps": 3000}, [], "f") == \
+        "all four organs labelled | standard loss, 750 steps"
 
 
 def test_score_train_splits_the_labelled_organ_from_the_unknown_ones(monkeypatch):
