@@ -245,11 +245,19 @@ def _partial_md(rows: dict, marks: dict | None = None) -> list[str]:
     return lines
 
 
-def partial_cases(cases):
-    """Four sets, each labelling one organ (case i labels organ i % 4 + 1); the others unknown."""
+def partial_cases(cases, all_organs_box: bool = False):
+    """Four sets, each labelling one organ (case i labels organ i % 4 + 1); the others unknown.
+
+    ``all_organs_box``: each case's segmenter box is that of all its organs (from the phantom's full
+    labels: a stand-in for the localizer's box, which is what the segmenter sees at inference),
+    not that of its one labelled organ."""
     import dataclasses
 
-    return [dataclasses.replace(c, annotated=(i % 4 + 1,)) for i, c in enumerate(cases)]
+    from flare_seg.preprocess import bounding_box
+
+    return [dataclasses.replace(c, annotated=(i % 4 + 1,),
+                                roi=bounding_box(c.labels > 0) if all_organs_box else None)
+            for i, c in enumerate(cases)]
 
 
 def parse_args(argv=None):
@@ -347,10 +355,18 @@ PARTIAL_ROWS = {"full": "all four organs labelled | standard loss (= the SCN row
                 "partial": "four sets, one organ each | partial-label loss",
                 "naive": "four sets, one organ each | naive (unlabelled = background)",
                 "hybrid": "four sets, one organ each | partial-label loss, seed 001's hybrid (batch Dice + focal)",
-                "self": "four sets, one organ each | partial-label loss, background against its own belief (self)"}
+                "self": "four sets, one organ each | partial-label loss, background against its own belief (self)",
+                "self_box": "four sets, one organ each, box of all organs | partial-label loss, background against "
+                            "its own belief (self)",
+                "hybrid_box": "four sets, one organ each, box of all organs | partial-label loss, seed 001's hybrid "
+                              "(batch Dice + focal)"}
 #: the run folder and the training-config changes of each row trained on the one-organ sets
 PARTIAL_RUNS = {"partial": ("partial_loss", {}), "naive": ("partial_naive", {"partial_labels": False}),
-                "hybrid": ("partial_hybrid", {"loss": "hybrid"}), "self": ("partial_self", {"partial_mode": "self"})}
+                "hybrid": ("partial_hybrid", {"loss": "hybrid"}), "self": ("partial_self", {"partial_mode": "self"}),
+                "self_box": ("partial_self_box", {"partial_mode": "self"}),
+                "hybrid_box": ("partial_hybrid_box", {"loss": "hybrid"})}
+#: rows whose one-organ cases train in the box of all organs (:func:`partial_cases`)
+ALL_ORGANS_BOX = {"self_box", "hybrid_box"}
 
 
 def partial_row_name(key: str, augment: bool) -> str:
@@ -363,12 +379,12 @@ def partial_row_name(key: str, augment: bool) -> str:
 def run_partial(args, train, held, scn_full: Path) -> dict:
     """The partial-label rows, each trained and then scored before the next starts, and the rows so
     far stored after each (``partial_so_far.json``), so a run cut short keeps what it finished."""
-    parts = partial_cases(train)
     config = trained_config(args)
     path = args.out / "partial_so_far.json"
     out = json.loads(path.read_text()) if path.exists() else {}
     for key in args.partial_rows:
         name = partial_row_name(key, args.augment)
+        parts = partial_cases(train, all_organs_box=key in ALL_ORGANS_BOX)
         if key == "full":
             run = scn_full
         else:

@@ -297,3 +297,24 @@ def test_self_mode_trains_and_resumes_through_the_cli_on_a_partially_annotated_f
 
     rows = list(csv.DictReader((run / "train_log.csv").open()))
     assert rows and all(np.isfinite(float(r["loss"])) for r in rows)
+
+
+def test_a_partial_case_can_train_in_the_box_of_all_organs():
+    """Its labels box its one annotated organ only; with ``roi`` the segmenter's grid is the one a
+    fully labelled case (and the localizer at inference) gives, so the organ is not always centred."""
+    import dataclasses
+
+    from conftest import blob_case
+
+    from flare_seg.preprocess import bounding_box
+    from flare_seg.training.samplers import PartialSegSampler
+
+    case = blob_case(0)
+    train = TrainConfig(train_size_zyx=(16, 16, 16))
+    config = SegmenterConfig()
+    one_organ = dataclasses.replace(case, annotated=(4,))  # the small pancreas
+    boxed = dataclasses.replace(one_organ, roi=bounding_box(case.labels > 0))
+    full, small, wide = (PartialSegSampler([c], train, config).base_record(0) for c in (case, one_organ, boxed))
+    assert wide == full and np.prod(small.output_shape) < np.prod(full.output_shape)
+    _, y = PartialSegSampler([boxed], train, config).sample(0, augment_data=False)
+    assert y[..., 4].max() == 1 and y[..., 1].min() == partial.UNKNOWN  # targets still those of the one organ

@@ -54,6 +54,11 @@ class TrainCase:
     annotated: tuple[int, ...] | None = None
     #: Relative sampling weight (its dataset's weight / its dataset's size).
     weight: float = 1.0
+    #: The segmenter's training box (inclusive voxel bounds ``(lo, hi)``) when it should not be the
+    #: box of ``labels``: a partially annotated case's labels box only its annotated organs, so the
+    #: segmenter would always see them centred in a small box, never as at inference, where the
+    #: box holds all organs. None: the box of the labels (seed 002).
+    roi: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None
 
 
 # ----------------------------------------------------------------------------- discovery and loading
@@ -299,7 +304,7 @@ class SegSampler(_Sampler):
     def base_record(self, case_index: int) -> GridRecord:
         if case_index not in self._records:
             case = self.cases[case_index]
-            box = bounding_box(case.labels > 0)
+            box = case.roi if case.roi is not None else bounding_box(case.labels > 0)
             if box is None:  # no organ: the whole cached region
                 box = ((0, 0, 0), tuple(n - 1 for n in case.labels.shape))
             self._records[case_index] = seg_record(box, case.labels.shape, case.spacing_mm, self.preprocess)
