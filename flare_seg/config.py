@@ -259,6 +259,10 @@ class DataConfig:
     #: JSON list of real validation CTs ({"name", "image", "label" or null, "organs"}), see
     #: :mod:`flare_seg.training.real_val`; scored at every validation and used for best-checkpoint selection.
     real_val: str | None = None
+    #: A localizer model folder: partially annotated cases train the segmenter in the box it finds
+    #: on them, the box they get at inference, not the box of their annotated organs alone
+    #: (:mod:`flare_seg.training.roi`). None: the box of their labels.
+    partial_roi_localizer: str | None = None
 
     #: Keys of the flat ``data.json`` written before this dataclass existed.
     LEGACY_KEYS = {"synthetic_shape": "synthetic_shape_zyx", "synthetic_spacing": "synthetic_spacing_mm"}

@@ -318,3 +318,30 @@ def test_a_partial_case_can_train_in_the_box_of_all_organs():
     assert wide == full and np.prod(small.output_shape) < np.prod(full.output_shape)
     _, y = PartialSegSampler([boxed], train, config).sample(0, augment_data=False)
     assert y[..., 4].max() == 1 and y[..., 1].min() == partial.UNKNOWN  # targets still those of the one organ
+
+
+def test_partial_cases_train_in_the_localizers_box_through_the_cli(tmp_path, tiny_model_dir, capsys):
+    import dataclasses
+    import shutil
+
+    from conftest import blob_case, everything_is_foreground, train_tiny_segmenter_cli, write_dataset
+
+    from flare_seg.cli.main import main as cli
+    from flare_seg.training.roi import localizer_rois
+
+    loc = tmp_path / "loc"
+    shutil.copytree(tiny_model_dir / "loc", loc)
+    everything_is_foreground(loc)  # its box: the whole image
+    case = blob_case(0)
+    partial_case = dataclasses.replace(case, annotated=(4,))
+    full, boxed = localizer_rois([case, partial_case], loc, progress=False)
+    assert full.roi is None  # fully annotated: the box of its labels, as before
+    assert boxed.roi == ((0, 0, 0), tuple(n - 1 for n in case.labels.shape))
+
+    write_dataset(tmp_path / "data", [blob_case(0), blob_case(1)])
+    (tmp_path / "data" / "dataset.json").write_text(json.dumps({"annotated": ["pancreas"]}))
+    run = train_tiny_segmenter_cli(tmp_path, tmp_path / "data", "--partial-roi-localizer", str(loc))
+    assert json.loads((run / "data.json").read_text())["config"]["partial_roi_localizer"] == str(loc)  # resumes
+    assert cli(["train", "--net", "loc", "--out", str(tmp_path / "l"), "--synthetic", "1", "--no-carbon",
+                "--partial-roi-localizer", str(loc)]) == 2
+    assert "--partial-roi-localizer applies to the segmenter" in capsys.readouterr().err

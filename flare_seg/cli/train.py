@@ -107,6 +107,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sampling weight of each --data source (default: every case equally likely)")
     p.add_argument("--no-partial-labels", action="store_true",
                    help="treat organs a dataset.json does not annotate as background (naive baseline)")
+    p.add_argument("--partial-roi-localizer", type=Path, metavar="DIR",
+                   help="segmenter: partially annotated cases train in the box this localizer model finds on them "
+                        "(as at inference), not in the box of their annotated organs alone")
     p.add_argument("--partial-mode", choices=("recalibrate", "self"),
                    help="segmenter, organs a dataset.json does not annotate: merged into the background (seed "
                         "001, default) or trained only where known absent, background against the network's own "
@@ -166,6 +169,8 @@ def _model_config(args, train_config: TrainConfig):
         config = replace(config, num_labels=5)
     if args.presence_head and not isinstance(config, SegmenterConfig):
         raise ValueError("--presence-head applies to the segmenter (--net seg), not the localizer")
+    if getattr(args, "partial_roi_localizer", None) and not isinstance(config, SegmenterConfig):
+        raise ValueError("--partial-roi-localizer applies to the segmenter (--net seg), not the localizer")
     return config
 
 
@@ -192,7 +197,8 @@ def data_config(args) -> DataConfig:
                       data_weights=tuple(args.data_weights or ()),
                       domain_rand=domain_rand_config(args), generated_phantom_maps=args.generated_phantom_maps,
                       generated_cached_fraction=args.generated_cached_fraction,
-                      real_val=str(args.real_val) if args.real_val else None)
+                      real_val=str(args.real_val) if args.real_val else None,
+                      partial_roi_localizer=str(args.partial_roi_localizer) if args.partial_roi_localizer else None)
 
 
 def _init_weights(path: Path | None) -> Path | None:

@@ -65,6 +65,10 @@ def training_cases(data: DataConfig, cfg: TrainConfig, out: Path) -> tuple[list,
     from flare_seg.training.synthetic import TRAIN_STREAM, VAL_STREAM, SyntheticSpec, synthetic_cases
 
     cases = load_dataset([Path(p) for p in data.data], data.label_map, data.data_weights)
+    if data.partial_roi_localizer:  # the segmenter's box of partially annotated cases
+        from flare_seg.training.roi import localizer_rois
+
+        cases = localizer_rois(cases, data.partial_roi_localizer)
     spec = SyntheticSpec(data.synthetic_shape_zyx, data.synthetic_spacing_mm, data.synthetic_vary,
                          data.synthetic_chest)
     cases += synthetic_cases(data.synthetic, cfg.seed, TRAIN_STREAM, spec)
