@@ -299,7 +299,7 @@ def test_self_mode_trains_and_resumes_through_the_cli_on_a_partially_annotated_f
     assert rows and all(np.isfinite(float(r["loss"])) for r in rows)
 
 
-def test_a_partial_case_can_train_in_the_box_of_all_organs():
+def test_a_partial_case_can_train_in_the_box_of_all_organs(caplog):
     """Its labels box its one annotated organ only; with ``roi`` the segmenter's grid is the one a
     fully labelled case (and the localizer at inference) gives, so the organ is not always centred."""
     import dataclasses
@@ -314,8 +314,11 @@ def test_a_partial_case_can_train_in_the_box_of_all_organs():
     config = SegmenterConfig()
     one_organ = dataclasses.replace(case, annotated=(4,))  # the small pancreas
     boxed = dataclasses.replace(one_organ, roi=bounding_box(case.labels > 0))
-    full, small, wide = (PartialSegSampler([c], train, config).base_record(0) for c in (case, one_organ, boxed))
+    with caplog.at_level("WARNING"):
+        full, small, wide = (PartialSegSampler([c], train, config).base_record(0) for c in (case, one_organ, boxed))
     assert wide == full and np.prod(small.output_shape) < np.prod(full.output_shape)
+    said = [r.getMessage() for r in caplog.records if "--partial-roi-localizer" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("1 partially annotated case(s)")  # the one-organ box only
     _, y = PartialSegSampler([boxed], train, config).sample(0, augment_data=False)
     assert y[..., 4].max() == 1 and y[..., 1].min() == partial.UNKNOWN  # targets still those of the one organ
 

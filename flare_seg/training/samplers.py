@@ -34,6 +34,11 @@ class PartialSegSampler(SegSampler):
 
     def __init__(self, cases, train: TrainConfig, config: SegmenterConfig):
         super().__init__(restricted(cases), train, config.preprocess, config.num_labels)
+        boxed_alone = sum(case.annotated is not None and case.roi is None for case in cases)
+        if boxed_alone:
+            log.warning("%d partially annotated case(s) train in the box of their annotated organs only, not the "
+                        "all-organ box they get at inference (it cost one-organ phantoms most of their kidney DSC); "
+                        "give --partial-roi-localizer DIR to train them in a localizer's box", boxed_alone)
         self.anatomical = config.anatomical_attention
         self._distance: dict[int, np.ndarray] = {}
 
