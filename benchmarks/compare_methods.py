@@ -255,9 +255,10 @@ def partial_cases(cases, all_organs_box: bool = False):
 
     from flare_seg.preprocess import bounding_box
 
-    return [dataclasses.replace(c, annotated=(i % 4 + 1,),
-                                roi=bounding_box(c.labels > 0) if all_organs_box else None)
-            for i, c in enumerate(cases)]
+    def boxed(c):  # only when asked: a case type without the field stays usable
+        return {"roi": bounding_box(c.labels > 0)} if all_organs_box else {}
+
+    return [dataclasses.replace(c, annotated=(i % 4 + 1,), **boxed(c)) for i, c in enumerate(cases)]
 
 
 def parse_args(argv=None):
