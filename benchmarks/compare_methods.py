@@ -352,7 +352,9 @@ def run_methods(args, train, held) -> dict:
     return rows
 
 
-PARTIAL_ROWS = {"full": "all four organs labelled | standard loss (= the SCN row)",
+#: what the fully labelled row's name says only in a section of the SCN row's own steps, not augmented
+SCN_ROW = " (= the SCN row)"
+PARTIAL_ROWS = {"full": f"all four organs labelled | standard loss{SCN_ROW}",
                 "partial": "four sets, one organ each | partial-label loss",
                 "naive": "four sets, one organ each | naive (unlabelled = background)",
                 "hybrid": "four sets, one organ each | partial-label loss, seed 001's hybrid (batch Dice + focal)",
@@ -374,7 +376,7 @@ def partial_row_name(key: str, augment: bool) -> str:
     """A partial row's table name; an augmented run's rows say so (they sit beside the plain ones in
     ``--render``, and its fully labelled row is then not the methods table's SCN row)."""
     name = PARTIAL_ROWS[key]
-    return name.replace(" (= the SCN row)", "") + ", augmented" if augment else name
+    return name.replace(SCN_ROW, "") + ", augmented" if augment else name
 
 
 def run_partial(args, train, held, scn_full: Path) -> dict:
@@ -475,7 +477,7 @@ def distinct_row_name(name: str, row_settings: dict, reference: dict, taken, fol
     with its folder, so that no row overwrites another."""
     steps = row_settings.get("steps")
     if steps is not None and steps != reference.get("steps"):
-        name = f"{name.replace(' (= the SCN row)', '')}, {steps:,} steps"  # the SCN row has the section's steps
+        name = f"{name.replace(SCN_ROW, '')}, {steps:,} steps"
     return f"{name} [{folder}]" if name in taken else name
 
 
@@ -527,7 +529,7 @@ def _forward_md(rows: dict) -> list[str]:
     return lines
 
 
-def _other_settings_md(rows: dict, run_settings: dict) -> list[str]:
+def _other_settings_md(rows: dict, run_settings: dict, marks: dict) -> list[str]:
     """A line for the partial rows rendered from a run other than the one that names the section:
     augmented rows, rows of another length, and what each row's CPU mark (:func:`cpu_marks`) means."""
     others = {name: row["settings"] for name, row in rows.items() if row.get("settings")
@@ -542,7 +544,7 @@ def _other_settings_md(rows: dict, run_settings: dict) -> list[str]:
     parts += [f"rows named *{n:,} steps* trained for {n:,} steps" for n in lengths]
     if any(name.endswith("]") for name in others):
         parts.append("a row marked *[folder]* is the row of that name trained again, stored in that folder")
-    parts += [f"rows marked {mark} trained on {cpu}" for cpu, mark in cpu_marks(rows, run_settings).items()]
+    parts += [f"rows marked {mark} trained on {cpu}" for cpu, mark in marks.items()]
     text = "; ".join(parts)
     return [f"{text[0].upper()}{text[1:]}; every other setting as above.", ""]
 
@@ -550,11 +552,12 @@ def _other_settings_md(rows: dict, run_settings: dict) -> list[str]:
 def section_md(key: str, rows: dict, run_settings: dict, args) -> str:
     title = {"methods": "## Methods", "forward": "## Forward pass on an idle machine",
              "partial": "## Partial labels"}[key]
+    marks = cpu_marks(rows, run_settings) if key == "partial" else {}
     body = {"methods": lambda: _methods_md(rows, args), "forward": lambda: _forward_md(rows),
-            "partial": lambda: _partial_md(rows, cpu_marks(rows, run_settings))}[key]()
+            "partial": lambda: _partial_md(rows, marks)}[key]()
     lines = settings_md(run_settings)
     if key == "partial":
-        lines += _other_settings_md(rows, run_settings)
+        lines += _other_settings_md(rows, run_settings, marks)
     return "\n".join([title, "", *lines, *body, ""])
 
 

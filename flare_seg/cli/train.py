@@ -169,7 +169,7 @@ def _model_config(args, train_config: TrainConfig):
         config = replace(config, num_labels=5)
     if args.presence_head and not isinstance(config, SegmenterConfig):
         raise ValueError("--presence-head applies to the segmenter (--net seg), not the localizer")
-    if getattr(args, "partial_roi_localizer", None) and not isinstance(config, SegmenterConfig):
+    if args.partial_roi_localizer and not isinstance(config, SegmenterConfig):
         raise ValueError("--partial-roi-localizer applies to the segmenter (--net seg), not the localizer")
     return config
 
