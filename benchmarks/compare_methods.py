@@ -95,8 +95,9 @@ def train_cases(args):
 def train_config(args):
     from flare_seg.config import AugmentConfig, TrainConfig
 
-    return TrainConfig(steps=args.steps, learning_rate=args.lr, seed=args.seed, train_size_zyx=tuple(args.crop),
-                       checkpoint_every=args.checkpoint_every or args.steps, validate_every=args.steps,
+    return TrainConfig(steps=args.steps, learning_rate=args.lr, clipnorm=args.clipnorm, seed=args.seed,
+                       train_size_zyx=tuple(args.crop), checkpoint_every=args.checkpoint_every or args.steps,
+                       validate_every=args.steps,
                        augment=AugmentConfig(enabled=args.augment))
 
 
@@ -269,6 +270,9 @@ def parse_args(argv=None):
     p.add_argument("--heldout", type=int, default=4, help="held-out phantoms")
     p.add_argument("--crop", type=int, nargs=3, default=(64, 64, 64), metavar=("Z", "Y", "X"))
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--clipnorm", type=float,
+                   help="clip each weight's gradient to this norm (default: no clipping); rows trained with it "
+                        "say so in their names")
     p.add_argument("--spacing", type=float, default=4.0, help="segmenter grid spacing of the trained rows (mm)")
     p.add_argument("--local-levels", type=int, default=4)
     p.add_argument("--local-filters", type=int, default=16)
@@ -304,7 +308,8 @@ def parse_args(argv=None):
 def settings(args) -> dict:
     """What every row of one run shares, stored beside its rows so that ``--render`` can name it."""
     return {"steps": args.steps, "train_phantoms": args.train, "heldout_phantoms": args.heldout,
-            "crop_zyx": list(args.crop), "lr": args.lr, "seed": args.seed, "spacing_mm": args.spacing,
+            "crop_zyx": list(args.crop), "lr": args.lr, "clipnorm": args.clipnorm, "seed": args.seed,
+            "spacing_mm": args.spacing,
             "local": [args.local_levels, args.local_filters], "spatial_filters": args.spatial_filters,
             "augment": args.augment, **forward_settings(args)}
 
@@ -372,11 +377,14 @@ PARTIAL_RUNS = {"partial": ("partial_loss", {}), "naive": ("partial_naive", {"pa
 ALL_ORGANS_BOX = {"self_box", "hybrid_box"}
 
 
-def partial_row_name(key: str, augment: bool) -> str:
-    """A partial row's table name; an augmented run's rows say so (they sit beside the plain ones in
-    ``--render``, and its fully labelled row is then not the methods table's SCN row)."""
+def partial_row_name(key: str, augment: bool, clipnorm: float | None = None) -> str:
+    """A partial row's table name; an augmented or gradient-clipped run's rows say so (they sit beside
+    the plain ones in ``--render``, and its fully labelled row is then not the methods table's SCN row)."""
     name = PARTIAL_ROWS[key]
-    return name.replace(SCN_ROW, "") + ", augmented" if augment else name
+    if not augment and clipnorm is None:
+        return name
+    return (name.replace(SCN_ROW, "") + (", augmented" if augment else "")
+            + (f", clipnorm {clipnorm:g}" if clipnorm is not None else ""))
 
 
 def run_partial(args, train, held, scn_full: Path) -> dict:
@@ -386,7 +394,7 @@ def run_partial(args, train, held, scn_full: Path) -> dict:
     path = args.out / "partial_so_far.json"
     out = json.loads(path.read_text()) if path.exists() else {}
     for key in args.partial_rows:
-        name = partial_row_name(key, args.augment)
+        name = partial_row_name(key, args.augment, args.clipnorm)
         parts = partial_cases(train, all_organs_box=key in ALL_ORGANS_BOX)
         if key == "full":
             run = scn_full
@@ -464,10 +472,24 @@ def render(args) -> int:
         if key in results:
             results[key] = {name: results[key][name] for name in ROWS if name in results[key]}
     if "partial" in results:  # full, partial-label loss, naive; rows of other names after them
-        order = [partial_row_name(key, augment) for augment in (False, True) for key in PARTIAL_ROWS]
-        results["partial"] = dict(sorted(results["partial"].items(),
-                                         key=lambda row: order.index(row[0]) if row[0] in order else len(order)))
+        clipnorms = sorted({row["settings"].get("clipnorm") for row in results["partial"].values()
+                            if row.get("settings", {}).get("clipnorm") is not None})
+        order = [partial_row_name(key, augment, clipnorm) for clipnorm in (None, *clipnorms)
+                 for augment in (False, True) for key in PARTIAL_ROWS]
+        results["partial"] = dict(sorted(results["partial"].items(), key=lambda row: _order_index(row[0], order)))
     return write_tables(results, args)
+
+
+def _order_index(name: str, order: list[str]) -> int:
+    """Where a partial row sits: at the row name it is, or else at the longest row name it extends (a
+    row of another length or folder, ``"<name>, 6,000 steps"``, ``"<name> [folder]"``, sits with the
+    rows of its own loss and settings); rows of names of neither kind last."""
+    def extends(row: str) -> bool:
+        base = row.replace(SCN_ROW, "")
+        return name == row or name.startswith((f"{base},", f"{base} ["))
+
+    matches = [i for i, row in enumerate(order) if extends(row)]
+    return max(matches, key=lambda i: len(order[i].replace(SCN_ROW, ""))) if matches else len(order)
 
 
 def distinct_row_name(name: str, row_settings: dict, reference: dict, taken, folder: str) -> str:
@@ -515,7 +537,13 @@ def settings_md(results: dict) -> list[str]:
             f"{results['heldout_phantoms']} held-out, crop {' x '.join(map(str, results['crop_zyx']))}, "
             f"lr {results['lr']}, seed {results['seed']}; trained rows at a {results['spacing_mm']} mm grid, "
             f"local net {local[0]} levels x {local[1]} filters, spatial nets {results['spatial_filters']} "
-            f"filters; augmentation {'on' if results.get('augment') else 'off'}.", ""]
+            f"filters; augmentation {'on' if results.get('augment') else 'off'}; "
+            f"{_clipping(results.get('clipnorm'))}.", ""]
+
+
+def _clipping(clipnorm: float | None) -> str:
+    """What a run's ``--clipnorm`` was (runs stored before the flag existed did not clip)."""
+    return "no gradient clipping" if clipnorm is None else f"each weight's gradient clipped to norm {clipnorm:g}"
 
 
 def _forward_md(rows: dict) -> list[str]:
@@ -533,13 +561,16 @@ def _other_settings_md(rows: dict, run_settings: dict, marks: dict) -> list[str]
     """A line for the partial rows rendered from a run other than the one that names the section:
     augmented rows, rows of another length, and what each row's CPU mark (:func:`cpu_marks`) means."""
     others = {name: row["settings"] for name, row in rows.items() if row.get("settings")
-              and any(row["settings"].get(k) != run_settings.get(k) for k in ("augment", "steps", "cpu"))}
+              and any(row["settings"].get(k) != run_settings.get(k) for k in ("augment", "steps", "cpu", "clipnorm"))}
     if not others:
         return []
     parts = []
     if any(s.get("augment") for s in others.values()) and not run_settings.get("augment"):
         parts.append("rows named *augmented* trained with the default spatial and intensity augmentation "
                      "(`--augment`)")
+    clipnorms = sorted({s["clipnorm"] for s in others.values() if s.get("clipnorm") is not None
+                        and s["clipnorm"] != run_settings.get("clipnorm")})
+    parts += [f"rows named *clipnorm {c:g}* trained with {_clipping(c)} (`--clipnorm`)" for c in clipnorms]
     lengths = sorted({s["steps"] for s in others.values() if s.get("steps") not in (None, run_settings.get("steps"))})
     parts += [f"rows named *{n:,} steps* trained for {n:,} steps" for n in lengths]
     if any(name.endswith("]") for name in others):

@@ -134,14 +134,56 @@ def test_augmented_rows_are_named_so_and_sit_after_the_plain_ones(tmp_path):
     doc = tmp_path / "comparison.md"
     assert compare_methods.main(["--out", str(plain), "--render", str(augmented), "--doc", str(doc)]) == 0
     text = doc.read_text()
-    assert "augmentation off." in text and "Rows named *augmented*" in text
+    assert "augmentation off; no gradient clipping." in text and "Rows named *augmented*" in text
     assert "(`--augment`); rows marked ¹ trained on Other CPU; every other" in text
     assert text.index("| all four organs labelled | standard loss (= the SCN row) | 0.750 |") \
         < text.index(f"| {full_aug} ¹ | 0.700 |") < text.index(f"| {hybrid_aug} ¹ | 0.650 |")
     # the augmented run on its own says so in its settings line, and needs no extra line
     assert compare_methods.main(["--out", str(augmented), "--render", "--doc", str(tmp_path / "a.md")]) == 0
     alone = (tmp_path / "a.md").read_text()
-    assert "augmentation on." in alone and "Rows named" not in alone
+    assert "augmentation on; no gradient clipping." in alone and "Rows named" not in alone
+
+
+def test_clipped_rows_are_named_so_and_sit_after_the_unclipped_ones(tmp_path):
+    """``--clipnorm`` reaches the training config and the stored settings; its rows say the norm in
+    their names (a clipped fully labelled row is not the methods table's SCN row), the settings line
+    names it, and rendered beside an unclipped run they follow its rows with a line saying what the
+    name means. Runs stored before the flag (no ``clipnorm`` key) read as unclipped."""
+    assert compare_methods.train_config(compare_methods.parse_args([])).clipnorm is None
+    args = compare_methods.parse_args(["--clipnorm", "1"])
+    assert compare_methods.train_config(args).clipnorm == 1.0
+    assert compare_methods.settings(args)["clipnorm"] == 1.0
+    full_clip = compare_methods.partial_row_name("full", False, 1.0)
+    assert full_clip == "all four organs labelled | standard loss, clipnorm 1"
+    box_clip = compare_methods.partial_row_name("self_box", False, 1.0)
+    assert box_clip == compare_methods.PARTIAL_ROWS["self_box"] + ", clipnorm 1"
+    assert compare_methods.partial_row_name("hybrid", True, 0.5) == \
+        compare_methods.PARTIAL_ROWS["hybrid"] + ", augmented, clipnorm 0.5"
+
+    plain, clipped = tmp_path / "plain", tmp_path / "clip"
+    plain.mkdir(), clipped.mkdir()
+    (plain / "settings.json").write_text(json.dumps(_settings(3000)))  # no clipnorm key: stored before the flag
+    (clipped / "settings.json").write_text(json.dumps({**_settings(6000), "clipnorm": 1.0}))
+    (clipped / "partial_so_far.json").write_text(json.dumps(
+        {box_clip: {"scores": {"phantoms": [_case(0.66, 0)]}}, full_clip: {"scores": {"phantoms": [_case(0.74, 0)]}}}))
+    (plain / "partial_so_far.json").write_text(json.dumps(
+        {compare_methods.PARTIAL_ROWS["self_box"]: {"scores": {"phantoms": [_case(0.57, 0)]}},
+         compare_methods.PARTIAL_ROWS["full"]: {"scores": {"phantoms": [_case(0.71, 0)]}}}))
+    doc = tmp_path / "comparison.md"
+    assert compare_methods.main(["--out", str(plain), "--render", str(clipped), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert "augmentation off; no gradient clipping." in text
+    assert "Rows named *clipnorm 1* trained with each weight's gradient clipped to norm 1 (`--clipnorm`); " \
+        "rows named *6,000 steps* trained for 6,000 steps; every other setting as above." in text
+    rows = [f"| {compare_methods.PARTIAL_ROWS['full']} | 0.710 |",
+            f"| {compare_methods.PARTIAL_ROWS['self_box']} | 0.570 |",
+            f"| {full_clip}, 6,000 steps | 0.740 |", f"| {box_clip}, 6,000 steps | 0.660 |"]
+    assert all(row in text for row in rows), text
+    assert [text.index(row) for row in rows] == sorted(text.index(row) for row in rows)
+    # the clipped run on its own names the norm in its settings line and needs no extra line
+    assert compare_methods.main(["--out", str(clipped), "--render", "--doc", str(tmp_path / "c.md")]) == 0
+    alone = (tmp_path / "c.md").read_text()
+    assert "each weight's gradient clipped to norm 1." in alone and "Rows named" not in alone
 
 
 def test_rows_of_longer_runs_and_reruns_keep_their_own_names(tmp_path):
