@@ -192,7 +192,8 @@ class TrainConfig:
     #: How the segmenter's losses treat an organ a case does not annotate: ``"recalibrate"`` (seed
     #: 001: merged into the background) or ``"self"`` (its channel is trained only where it is known
     #: to be absent; the background's target on label-0 voxels is the network's own belief; see
-    #: :mod:`flare_seg.training.partial`). The localizer's softmax always uses re-calibration.
+    #: :mod:`flare_seg.training.partial`). The localizer's softmax always uses re-calibration: its
+    #: merged background is ``1 - sum p_annotated``, which does not favour background over an unknown organ.
     partial_mode: str = "recalibrate"
     #: ``"paper"``: generalized Dice (+ CE for the SCN), seed 002. ``"hybrid"``: seed 001's batch
     #: Dice x ``hybrid_dice_weight`` + spatially balanced focal loss x ``hybrid_focal_weight``
