@@ -381,10 +381,13 @@ def partial_row_name(key: str, augment: bool, clipnorm: float | None = None) -> 
     """A partial row's table name; an augmented or gradient-clipped run's rows say so (they sit beside
     the plain ones in ``--render``, and its fully labelled row is then not the methods table's SCN row)."""
     name = PARTIAL_ROWS[key]
-    if not augment and clipnorm is None:
-        return name
-    return (name.replace(SCN_ROW, "") + (", augmented" if augment else "")
-            + (f", clipnorm {clipnorm:g}" if clipnorm is not None else ""))
+    suffix = (", augmented" if augment else "") + (f", {_clipnorm_tag(clipnorm)}" if clipnorm is not None else "")
+    return name.replace(SCN_ROW, "") + suffix if suffix else name
+
+
+def _clipnorm_tag(clipnorm: float) -> str:
+    """How a clipped row's name says its ``--clipnorm`` (and how the settings line refers to it)."""
+    return f"clipnorm {clipnorm:g}"
 
 
 def run_partial(args, train, held, scn_full: Path) -> dict:
@@ -484,12 +487,10 @@ def _order_index(name: str, order: list[str]) -> int:
     """Where a partial row sits: at the row name it is, or else at the longest row name it extends (a
     row of another length or folder, ``"<name>, 6,000 steps"``, ``"<name> [folder]"``, sits with the
     rows of its own loss and settings); rows of names of neither kind last."""
-    def extends(row: str) -> bool:
-        base = row.replace(SCN_ROW, "")
-        return name == row or name.startswith((f"{base},", f"{base} ["))
-
-    matches = [i for i, row in enumerate(order) if extends(row)]
-    return max(matches, key=lambda i: len(order[i].replace(SCN_ROW, ""))) if matches else len(order)
+    bases = [row.replace(SCN_ROW, "") for row in order]
+    matches = [i for i, (row, base) in enumerate(zip(order, bases, strict=True))
+               if name == row or name.startswith((f"{base},", f"{base} ["))]
+    return max(matches, key=lambda i: len(bases[i])) if matches else len(order)
 
 
 def distinct_row_name(name: str, row_settings: dict, reference: dict, taken, folder: str) -> str:
@@ -559,7 +560,8 @@ def _forward_md(rows: dict) -> list[str]:
 
 def _other_settings_md(rows: dict, run_settings: dict, marks: dict) -> list[str]:
     """A line for the partial rows rendered from a run other than the one that names the section:
-    augmented rows, rows of another length, and what each row's CPU mark (:func:`cpu_marks`) means."""
+    augmented rows, clipped rows, rows of another length, and what each row's CPU mark
+    (:func:`cpu_marks`) means."""
     others = {name: row["settings"] for name, row in rows.items() if row.get("settings")
               and any(row["settings"].get(k) != run_settings.get(k) for k in ("augment", "steps", "cpu", "clipnorm"))}
     if not others:
@@ -570,7 +572,7 @@ def _other_settings_md(rows: dict, run_settings: dict, marks: dict) -> list[str]
                      "(`--augment`)")
     clipnorms = sorted({s["clipnorm"] for s in others.values() if s.get("clipnorm") is not None
                         and s["clipnorm"] != run_settings.get("clipnorm")})
-    parts += [f"rows named *clipnorm {c:g}* trained with {_clipping(c)} (`--clipnorm`)" for c in clipnorms]
+    parts += [f"rows named *{_clipnorm_tag(c)}* trained with {_clipping(c)} (`--clipnorm`)" for c in clipnorms]
     lengths = sorted({s["steps"] for s in others.values() if s.get("steps") not in (None, run_settings.get("steps"))})
     parts += [f"rows named *{n:,} steps* trained for {n:,} steps" for n in lengths]
     if any(name.endswith("]") for name in others):
