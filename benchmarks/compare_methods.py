@@ -246,8 +246,26 @@ def _partial_md(rows: dict, marks: dict | None = None) -> list[str]:
     return lines
 
 
-def partial_cases(cases, all_organs_box: bool = False):
-    """Four sets, each labelling one organ (case i labels organ i % 4 + 1); the others unknown.
+#: how the one-organ sets are drawn (``--split``): ``balanced`` gives each organ to as many
+#: parametric as AMOS-map phantoms (:func:`flare_seg.training.synthetic.synthetic_cases` alternates
+#: the two kinds by index, even = parametric); ``by_index`` is the split of the runs stored before
+#: stop 29 (case i labels organ i % 4 + 1), which gives the liver and spleen to parametric phantoms
+#: only and the kidney and pancreas to AMOS-map phantoms only: a model that tells the two kinds
+#: apart then learns which organs each kind labels
+SPLITS = ("balanced", "by_index")
+
+
+def split_organ(index: int, split: str = "balanced") -> int:
+    """The organ label that training phantom ``index`` annotates under ``split`` (:data:`SPLITS`)."""
+    if split == "by_index":
+        return index % 4 + 1
+    if split == "balanced":
+        return (index // 2) % 4 + 1
+    raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+
+
+def partial_cases(cases, all_organs_box: bool = False, split: str = "balanced"):
+    """Four sets, each labelling one organ (:func:`split_organ`); the other organs unknown.
 
     ``all_organs_box``: each case's segmenter box is that of all its organs (from the phantom's full
     labels: a stand-in for the localizer's box, which is what the segmenter sees at inference),
@@ -259,7 +277,7 @@ def partial_cases(cases, all_organs_box: bool = False):
     def boxed(c):  # only when asked: a case type without the field stays usable
         return {"roi": bounding_box(c.labels > 0)} if all_organs_box else {}
 
-    return [dataclasses.replace(c, annotated=(i % 4 + 1,), **boxed(c)) for i, c in enumerate(cases)]
+    return [dataclasses.replace(c, annotated=(split_organ(i, split),), **boxed(c)) for i, c in enumerate(cases)]
 
 
 def parse_args(argv=None):
@@ -287,6 +305,10 @@ def parse_args(argv=None):
     p.add_argument("--score-train", action="store_true",
                    help="also score each one-organ row on its own training phantoms against their full labels "
                         "(does it find the organs they leave unknown?); trained runs are reused")
+    p.add_argument("--split", choices=SPLITS, default="balanced",
+                   help="how the one-organ sets are drawn: balanced (each organ labelled in as many parametric "
+                        "as AMOS-map phantoms) or by_index (the runs stored before stop 29: organ i %% 4 + 1, "
+                        "kidney and pancreas in AMOS-map phantoms only)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--part", choices=("methods", "partial", "all", "forward"), default="all",
                    help="forward: only the paper-size forward passes (no training), for an idle machine")
@@ -311,7 +333,7 @@ def settings(args) -> dict:
             "crop_zyx": list(args.crop), "lr": args.lr, "clipnorm": args.clipnorm, "seed": args.seed,
             "spacing_mm": args.spacing,
             "local": [args.local_levels, args.local_filters], "spatial_filters": args.spatial_filters,
-            "augment": args.augment, **forward_settings(args)}
+            "augment": args.augment, "split": args.split, **forward_settings(args)}
 
 
 def forward_settings(args) -> dict:
@@ -398,7 +420,7 @@ def run_partial(args, train, held, scn_full: Path) -> dict:
     out = json.loads(path.read_text()) if path.exists() else {}
     for key in args.partial_rows:
         name = partial_row_name(key, args.augment, args.clipnorm)
-        parts = partial_cases(train, all_organs_box=key in ALL_ORGANS_BOX)
+        parts = partial_cases(train, all_organs_box=key in ALL_ORGANS_BOX, split=args.split)
         if key == "full":
             run = scn_full
         else:
@@ -501,7 +523,28 @@ def distinct_row_name(name: str, row_settings: dict, reference: dict, taken, fol
     steps = row_settings.get("steps")
     if steps is not None and steps != reference.get("steps"):
         name = f"{name.replace(SCN_ROW, '')}, {steps:,} steps"
+    phantoms = row_settings.get("train_phantoms")
+    if phantoms is not None and phantoms != reference.get("train_phantoms"):
+        name = f"{name.replace(SCN_ROW, '')}, {phantoms} phantoms"
+    split = split_of(row_settings)
+    if not name.startswith(FULL_PREFIX) and split != split_of(reference):
+        name = f"{name}, {SPLIT_TAGS[split]}"
     return f"{name} [{folder}]" if name in taken else name
+
+
+#: the fully labelled rows' names begin so (the split does not touch them)
+FULL_PREFIX = "all four organs labelled"
+#: what a one-organ row's name says of its split when it is rendered beside rows of the other one
+SPLIT_TAGS = {"balanced": "balanced sets", "by_index": "sets by index"}
+SPLIT_TEXT = {"balanced": "one-organ sets balanced over the phantom kinds (each organ labelled in as many "
+                          "parametric as AMOS-map phantoms)",
+              "by_index": "one-organ sets by phantom index (phantom i labels organ i % 4 + 1: the liver and "
+                          "spleen in parametric phantoms only, the kidney and pancreas in AMOS-map phantoms only)"}
+
+
+def split_of(run_settings: dict) -> str:
+    """A run's ``--split``; runs stored before the flag drew their sets by index."""
+    return run_settings.get("split", "by_index")
 
 
 def run_forward(args) -> dict:
@@ -560,10 +603,12 @@ def _forward_md(rows: dict) -> list[str]:
 
 def _other_settings_md(rows: dict, run_settings: dict, marks: dict) -> list[str]:
     """A line for the partial rows rendered from a run other than the one that names the section:
-    augmented rows, clipped rows, rows of another length, and what each row's CPU mark
-    (:func:`cpu_marks`) means."""
+    augmented rows, clipped rows, rows of another length or number of phantoms, one-organ rows of the
+    other split (:func:`split_of`), and what each row's CPU mark (:func:`cpu_marks`) means."""
     others = {name: row["settings"] for name, row in rows.items() if row.get("settings")
-              and any(row["settings"].get(k) != run_settings.get(k) for k in ("augment", "steps", "cpu", "clipnorm"))}
+              and (any(row["settings"].get(k) != run_settings.get(k)
+                       for k in ("augment", "steps", "cpu", "clipnorm", "train_phantoms"))
+                   or split_of(row["settings"]) != split_of(run_settings))}
     if not others:
         return []
     parts = []
@@ -575,6 +620,11 @@ def _other_settings_md(rows: dict, run_settings: dict, marks: dict) -> list[str]
     parts += [f"rows named *{_clipnorm_tag(c)}* trained with {_clipping(c)} (`--clipnorm`)" for c in clipnorms]
     lengths = sorted({s["steps"] for s in others.values() if s.get("steps") not in (None, run_settings.get("steps"))})
     parts += [f"rows named *{n:,} steps* trained for {n:,} steps" for n in lengths]
+    counts = sorted({s["train_phantoms"] for s in others.values()
+                     if s.get("train_phantoms") not in (None, run_settings.get("train_phantoms"))})
+    parts += [f"rows named *{n} phantoms* trained on {n} phantoms" for n in counts]
+    splits = sorted({split_of(s) for s in others.values()} - {split_of(run_settings)})
+    parts += [f"rows named *{SPLIT_TAGS[sp]}* trained on {SPLIT_TEXT[sp]} (`--split {sp}`)" for sp in splits]
     if any(name.endswith("]") for name in others):
         parts.append("a row marked *[folder]* is the row of that name trained again, stored in that folder")
     parts += [f"rows marked {mark} trained on {cpu}" for cpu, mark in marks.items()]
@@ -590,6 +640,8 @@ def section_md(key: str, rows: dict, run_settings: dict, args) -> str:
             "partial": lambda: _partial_md(rows, marks)}[key]()
     lines = settings_md(run_settings)
     if key == "partial":
+        if lines:  # the one-organ sets of the section's own run
+            lines[0] = f"{lines[0][:-1]}; {SPLIT_TEXT[split_of(run_settings)]}."
         lines += _other_settings_md(rows, run_settings, marks)
     return "\n".join([title, "", *lines, *body, ""])
 

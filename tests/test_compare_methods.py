@@ -8,6 +8,9 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import compare_methods  # noqa: E402
@@ -134,14 +137,15 @@ def test_augmented_rows_are_named_so_and_sit_after_the_plain_ones(tmp_path):
     doc = tmp_path / "comparison.md"
     assert compare_methods.main(["--out", str(plain), "--render", str(augmented), "--doc", str(doc)]) == 0
     text = doc.read_text()
-    assert "augmentation off; no gradient clipping." in text and "Rows named *augmented*" in text
+    assert "augmentation off; no gradient clipping; one-organ sets by phantom index" in text
+    assert "Rows named *augmented*" in text
     assert "(`--augment`); rows marked ¹ trained on Other CPU; every other" in text
     assert text.index("| all four organs labelled | standard loss (= the SCN row) | 0.750 |") \
         < text.index(f"| {full_aug} ¹ | 0.700 |") < text.index(f"| {hybrid_aug} ¹ | 0.650 |")
     # the augmented run on its own says so in its settings line, and needs no extra line
     assert compare_methods.main(["--out", str(augmented), "--render", "--doc", str(tmp_path / "a.md")]) == 0
     alone = (tmp_path / "a.md").read_text()
-    assert "augmentation on; no gradient clipping." in alone and "Rows named" not in alone
+    assert "augmentation on; no gradient clipping;" in alone and "Rows named" not in alone
 
 
 def test_clipped_rows_are_named_so_and_sit_after_the_unclipped_ones(tmp_path):
@@ -172,7 +176,7 @@ def test_clipped_rows_are_named_so_and_sit_after_the_unclipped_ones(tmp_path):
     doc = tmp_path / "comparison.md"
     assert compare_methods.main(["--out", str(plain), "--render", str(clipped), "--doc", str(doc)]) == 0
     text = doc.read_text()
-    assert "augmentation off; no gradient clipping." in text
+    assert "augmentation off; no gradient clipping; one-organ sets by phantom index" in text
     assert "Rows named *clipnorm 1* trained with each weight's gradient clipped to norm 1 (`--clipnorm`); " \
         "rows named *6,000 steps* trained for 6,000 steps; every other setting as above." in text
     rows = [f"| {compare_methods.PARTIAL_ROWS['full']} | 0.710 |",
@@ -183,7 +187,7 @@ def test_clipped_rows_are_named_so_and_sit_after_the_unclipped_ones(tmp_path):
     # the clipped run on its own names the norm in its settings line and needs no extra line
     assert compare_methods.main(["--out", str(clipped), "--render", "--doc", str(tmp_path / "c.md")]) == 0
     alone = (tmp_path / "c.md").read_text()
-    assert "each weight's gradient clipped to norm 1." in alone and "Rows named" not in alone
+    assert "each weight's gradient clipped to norm 1;" in alone and "Rows named" not in alone
 
 
 def test_rows_of_longer_runs_and_reruns_keep_their_own_names(tmp_path):
@@ -226,8 +230,6 @@ def test_score_train_splits_the_labelled_organ_from_the_unknown_ones(monkeypatch
     background) scores 1 / 0; one that learned the organs scores 1 / 1."""
     import dataclasses
 
-    import numpy as np
-
     @dataclasses.dataclass
     class Case:
         image_hu: np.ndarray
@@ -238,7 +240,8 @@ def test_score_train_splits_the_labelled_organ_from_the_unknown_ones(monkeypatch
     labels = np.zeros((12, 12, 16), np.uint8)
     for organ in range(1, 5):  # four 4 x 4 x 3 blocks, one per organ
         labels[4:8, 4:8, 4 * organ - 4:4 * organ - 1] = organ
-    cases = compare_methods.partial_cases([Case(np.full(labels.shape, float(i)), labels) for i in range(4)])
+    cases = compare_methods.partial_cases([Case(np.full(labels.shape, float(i)), labels) for i in range(4)],
+                                          split="by_index")
     assert [c.annotated for c in cases] == [(1,), (2,), (3,), (4,)]
 
     class Segmenter:
@@ -285,3 +288,64 @@ def test_a_row_cut_short_resumes_from_its_checkpoint(tmp_path):
     weights = (run / "model.weights.h5").read_bytes()
     compare_methods.train_row(run, seg, blobs[:1], compare_methods.parse_args(["--steps", "2", *common]))
     assert (run / "model.weights.h5").read_bytes() == weights  # finished: reused, not trained again
+
+
+def test_the_balanced_split_labels_each_organ_in_both_phantom_kinds(tmp_path):
+    """``synthetic_cases`` alternates parametric (even index) and AMOS-map (odd) phantoms. The
+    balanced split gives every organ to as many phantoms of each kind; the split of the runs stored
+    before it gave the liver and spleen to parametric phantoms only and the kidney and pancreas to
+    AMOS-map ones. Rendered beside each other, the one-organ rows of the other split say which
+    split they trained on; the fully labelled rows (no split) do not, and rows of another number of
+    phantoms say how many."""
+    import dataclasses
+
+    from flare_seg.training.synthetic import synthetic_cases
+
+    for n in (8, 32):
+        for organ in range(1, 5):
+            kinds = [i % 2 for i in range(n) if compare_methods.split_organ(i) == organ]
+            assert kinds.count(0) == kinds.count(1) == n // 8, (n, organ, kinds)
+    old = {organ: {i % 2 for i in range(8) if compare_methods.split_organ(i, "by_index") == organ}
+           for organ in range(1, 5)}
+    assert old == {1: {0}, 2: {1}, 3: {0}, 4: {1}}
+    with pytest.raises(ValueError, match="unknown split"):
+        compare_methods.split_organ(0, "random")
+    import inspect  # the rule the split relies on is the generator's
+    assert "i % 2 == 1 and amos is not None" in inspect.getsource(synthetic_cases)
+
+    @dataclasses.dataclass
+    class Case:
+        labels: np.ndarray
+        annotated: tuple | None = None
+
+    cases = [Case(np.zeros((2, 2, 2), np.uint8)) for _ in range(8)]
+    assert [c.annotated for c in compare_methods.partial_cases(cases)] == \
+        [(1,), (1,), (2,), (2,), (3,), (3,), (4,), (4,)]
+    args = compare_methods.parse_args(["--split", "by_index"])
+    assert compare_methods.settings(args)["split"] == "by_index"
+    assert compare_methods.settings(compare_methods.parse_args([]))["split"] == "balanced"
+
+    old_run, new_run = tmp_path / "old", tmp_path / "new"
+    old_run.mkdir(), new_run.mkdir()
+    (old_run / "settings.json").write_text(json.dumps(_settings(3000)))  # no split key: stored before the flag
+    (new_run / "settings.json").write_text(json.dumps({**_settings(3000), "split": "balanced",
+                                                       "train_phantoms": 32}))
+    self_box, full = compare_methods.PARTIAL_ROWS["self_box"], compare_methods.PARTIAL_ROWS["full"]
+    for run, dsc in ((old_run, 0.5), (new_run, 0.7)):
+        (run / "partial_so_far.json").write_text(json.dumps(
+            {self_box: {"scores": {"phantoms": [_case(dsc, 0)]}}, full: {"scores": {"phantoms": [_case(0.8, 0)]}}}))
+    doc = tmp_path / "c.md"
+    assert compare_methods.main(["--out", str(old_run), "--render", str(new_run), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    bare = full.replace(compare_methods.SCN_ROW, "")
+    for line in (f"| {self_box} | 0.500 |", f"| {self_box}, 32 phantoms, balanced sets | 0.700 |",
+                 f"| {bare}, 32 phantoms | 0.800 |"):
+        assert line in text, line
+    assert "one-organ sets by phantom index (phantom i labels organ i % 4 + 1" in text
+    assert "Rows named *32 phantoms* trained on 32 phantoms; rows named *balanced sets* trained on one-organ " \
+        "sets balanced over the phantom kinds" in text
+    assert compare_methods.main(["--out", str(new_run), "--render", str(old_run), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert f"| {self_box}, 8 phantoms, sets by index | 0.500 |" in text
+    assert "; one-organ sets balanced over the phantom kinds (each organ labelled in as many parametric as " \
+        "AMOS-map phantoms)." in text
