@@ -116,7 +116,10 @@ def train_row(run: Path, config, cases, args, **train_changes) -> Path:
     seconds = run / "train_seconds.txt"
     before = float(seconds.read_text()) if done and seconds.exists() else 0.0
     t0 = time.perf_counter()
-    train(config, cfg, cases, run, resume=bool(done), progress=False)
+    result = train(config, cfg, cases, run, resume=bool(done), progress=False)
+    if result.stopped:  # SIGTERM / Ctrl-C: its checkpoint is written; the same command resumes it
+        raise SystemExit(f"{run}: stopped by {result.stopped} at step {result.step}; run the same command "
+                         "again to resume")
     seconds.write_text(f"{before + time.perf_counter() - t0:.1f}\n")  # finished runs only: a killed one's time is lost
     return run
 

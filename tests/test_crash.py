@@ -28,14 +28,16 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 SPACING = (6.0, 5.0, 5.0)
 
-#: Runs the CLI; os.replace onto a file named HOLD writes MARKER and sleeps (to be killed there), and
+#: Runs the CLI; os.replace onto a file named HOLD writes MARKER and sleeps (to be killed there),
 #: os.replace of a folder named KILL_DIR whose new state.json has step KILL_STEP SIGKILLs the process
-#: between the two renames of the folder swap (the old folder moved aside, the new not yet in place).
+#: between the two renames of the folder swap (the old folder moved aside, the new not yet in place),
+#: and the first os.replace onto a file named TERM is followed by a SIGTERM to the process itself.
 LAUNCHER = '''
 import json, os, signal, sys, time
 from pathlib import Path
-hold, marker, kill_dir, kill_step = sys.argv[1:5]
+hold, marker, kill_dir, kill_step, term = sys.argv[1:6]
 real_replace = os.replace
+sent = []
 def replace(src, dst, *args, **kwargs):
     src, dst = Path(src), Path(dst)
     if hold and dst.name == hold:
@@ -44,10 +46,14 @@ def replace(src, dst, *args, **kwargs):
     if kill_dir and dst.name == kill_dir and (src / "state.json").exists():
         if json.loads((src / "state.json").read_text())["step"] == int(kill_step) and not dst.exists():
             os.kill(os.getpid(), signal.SIGKILL)
-    return real_replace(src, dst, *args, **kwargs)
+    done = real_replace(src, dst, *args, **kwargs)
+    if term and dst.name == term and not sent:
+        sent.append(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+    return done
 os.replace = replace
 from flare_seg.cli.main import main
-sys.exit(main(sys.argv[5:]))
+sys.exit(main(sys.argv[6:]))
 '''
 
 
@@ -57,11 +63,12 @@ def _env() -> dict:
     return env
 
 
-def _launch(tmp_path: Path, cli_args: list[str], hold: str = "", kill_dir: str = "", kill_step: int = 0):
+def _launch(tmp_path: Path, cli_args: list[str], hold: str = "", kill_dir: str = "", kill_step: int = 0,
+            term: str = ""):
     launcher = tmp_path / "launcher.py"
     launcher.write_text(LAUNCHER)
     marker = tmp_path / "marker.txt"
-    command = [sys.executable, str(launcher), hold, str(marker), kill_dir, str(kill_step), *cli_args]
+    command = [sys.executable, str(launcher), hold, str(marker), kill_dir, str(kill_step), term, *cli_args]
     return subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), marker
 
 
@@ -186,3 +193,34 @@ def test_kill_9_during_training_then_resume_gives_the_uninterrupted_weights(tmp_
     assert max(float(np.abs(a - b).max()) for a, b in zip(straight, resumed, strict=True)) == 0.0
     assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 6
     assert not [p for p in run.iterdir() if is_temporary(p) or p.name == ".checkpoint.old"]
+
+
+def test_sigterm_stops_training_with_a_checkpoint_and_resume_gives_the_uninterrupted_weights(tmp_path):
+    """``kill <pid>`` mid-run: the step in progress finishes, a checkpoint is written at that step
+    (here step 2, between the checkpoints every 4 steps; the signal lands when step 2's validation
+    writes best.weights.h5), the process exits 143 saying how to continue, and ``--resume`` ends
+    with the weights of a run never stopped."""
+    from flare_seg.config import save_config
+
+    _, seg = tiny_configs()
+    config = tmp_path / "seg.json"
+    save_config(seg, config)
+
+    def args(run):  # checkpoints every 4 steps, validation every 2
+        given = _train_args(run, config)
+        given[given.index("--checkpoint-every") + 1] = "4"
+        return given
+
+    _run_cli_process(args(tmp_path / "straight"))
+    run = tmp_path / "stopped"
+    process, _ = _launch(tmp_path, args(run), term="best.weights.h5")
+    out, err = process.communicate(timeout=900)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM at step 2 of 6" in out and "--resume" in out
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 2
+    rows = (run / "train_log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["2"]
+    _run_cli_process(args(run) + ["--resume"])
+    straight = _weights(tmp_path / "straight" / "model.weights.h5", seg)
+    resumed = _weights(run / "model.weights.h5", seg)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(straight, resumed, strict=True)) == 0.0

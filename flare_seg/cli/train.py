@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 from pathlib import Path
 
 from flare_seg.cli.args import int_triple, triple
@@ -229,6 +230,10 @@ def run(args) -> int:
     with CarbonWatcher(args.out, enabled=not args.no_carbon):
         result = train(model_config, cfg, cases, args.out, val_cases=val_cases, resume=args.resume,
                        init_weights=_init_weights(args.init), progress=not args.no_progress, real_cases=real_cases)
+    if result.stopped:  # SIGTERM / Ctrl-C: a checkpoint at the step it stopped (flare_seg.training.stopping)
+        print(f"{args.out}: stopped by {result.stopped} at step {result.step} of {cfg.steps}; continue with "
+              f"the same command and --resume")
+        return 128 + int(getattr(signal, result.stopped))
     last = result.log_rows[-1] if result.log_rows else {}
     scores = ", ".join(f"{k[8:]} {float(v):.3f}" for k, v in last.items() if k.startswith("val_dsc_") and v != "")
     print(f"{args.out}: step {result.step}; EMA weights in {args.out / 'model.weights.h5'}"

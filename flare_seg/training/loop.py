@@ -12,6 +12,9 @@ weights of the best selection score so far, with ``best.json``: the mean validat
 validation CTs the rule of :func:`flare_seg.training.real_val.selection_score`), ``checkpoint/`` (raw and EMA
 weights, optimizer state, dropout seed states, step), ``train_log.csv``, ``curves.png``,
 ``carbon.json`` and, for cross-validation, ``folds.json``.
+
+``kill <pid>`` (SIGTERM) or Ctrl-C stops a run after the step in progress, with a checkpoint at
+that step (:mod:`flare_seg.training.stopping`); ``--resume`` then continues it exactly.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from flare_seg.config import LocalizerConfig, TrainConfig, atomic_write_text, sa
 from flare_seg.labels import NAMES
 from flare_seg.preprocess import fit_size
 from flare_seg.training.data import TrainCase
+from flare_seg.training.stopping import StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -351,6 +355,8 @@ class TrainResult:
     log_rows: list[dict] = field(default_factory=list)
     steps_per_second: float = 0.0
     samples_per_second: float = 0.0
+    #: the signal that stopped the run before ``train_config.steps`` (``"SIGTERM"``), else ""
+    stopped: str = ""
 
 
 def interval_means(n0: int, means0: dict[str, float], n1: int, means1: dict[str, float]) -> dict[str, float]:
@@ -362,7 +368,7 @@ def interval_means(n0: int, means0: dict[str, float], n1: int, means1: dict[str,
 
 
 def _callbacks(run, paths, model_config, train_config, val_sampler, num_val, dataset, start_step, rows, writer,
-               real_cases=None):
+               real_cases=None, stop=None):
     import keras
 
     from flare_seg.training.ema import swap_ema_weights
@@ -378,19 +384,28 @@ def _callbacks(run, paths, model_config, train_config, val_sampler, num_val, dat
             self.batches = 0
             self.interval_start: tuple[int, dict[str, float]] = (0, {})
             self.t_interval = time.perf_counter()
+            #: the step a stop request (:mod:`flare_seg.training.stopping`) ended the run at
+            self.stopped_at: int | None = None
 
         def on_train_batch_end(self, batch, logs=None):
             step = start_step + batch + 1
             self.running = {key: float(value) for key, value in (logs or {}).items()}
             self.batches = batch + 1
             run.progress(step, logs or {}, dataset)
-            if step % train_config.validate_every == 0 or step % train_config.checkpoint_every == 0 \
-                    or step == train_config.steps:
+            checkpoint = step % train_config.checkpoint_every == 0 or step == train_config.steps
+            logged = checkpoint or step % train_config.validate_every == 0
+            if logged:
                 self._log_row(step)
-            if step % train_config.checkpoint_every == 0 or step == train_config.steps:
+            stopping = stop is not None and stop.requested and step < train_config.steps
+            if stopping and not logged:
+                self._log_row(step)
+            if checkpoint or stopping:
                 save_checkpoint(paths, self.model, step, writer)
                 write_log(paths.log_csv, rows)
                 plot_curves(rows, paths.curves)
+            if stopping:
+                self.stopped_at = step
+                self.model.stop_training = True
 
         def _keep_best(self, row):
             """With the EMA weights swapped in: write them to best.weights.h5 when this validation's
@@ -540,15 +555,23 @@ def train(
                            train_config.batch_size, train_config)
     run = _Progress(start_step, train_config.steps, progress)
     writer = WeightsWriter(model_config)  # one device: it only copies weights to files
+    stop = StopRequest()
     callbacks = _callbacks(run, paths, model_config, train_config, val_sampler,
-                           len(val_cases or []), dataset, start_step, rows, writer, real_cases)
+                           len(val_cases or []), dataset, start_step, rows, writer, real_cases, stop)
     t0 = time.perf_counter()
     try:
-        with distribution.scope():
+        with stop, distribution.scope():
             model.fit(dataset, epochs=1, verbose=0, callbacks=callbacks, shuffle=False)  # order = sample index
     finally:
         run.close()
     elapsed = time.perf_counter() - t0
+    stopped_at = callbacks[0].stopped_at
+    if stopped_at is not None:  # unfinished: its checkpoint (and model.weights.h5, the EMA weights) hold it
+        log.warning("%s: stopped by %s at step %d of %d; checkpoint written, continue with --resume",
+                    paths.root, stop.name, stopped_at, train_config.steps)
+        result.step, result.stopped = stopped_at, stop.name
+        result.steps_per_second = (stopped_at - start_step) / max(elapsed, 1e-9)
+        return result
     # fit() has copied the EMA weights into the model: this file holds the EMA weights.
     with atomic_path(paths.weights) as tmp:
         writer.save(model, tmp)
