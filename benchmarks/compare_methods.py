@@ -101,7 +101,7 @@ def train_config(args):
                        augment=AugmentConfig(enabled=args.augment))
 
 
-def train_row(run: Path, config, cases, args, **train_changes) -> Path:
+def train_row(run: Path, config, cases, args, init_weights: Path | None = None, **train_changes) -> Path:
     from flare_seg.config import replace
     from flare_seg.training.loop import RunPaths, checkpoint_step, find_checkpoint, train
 
@@ -116,7 +116,8 @@ def train_row(run: Path, config, cases, args, **train_changes) -> Path:
     seconds = run / "train_seconds.txt"
     before = float(seconds.read_text()) if done and seconds.exists() else 0.0
     t0 = time.perf_counter()
-    result = train(config, cfg, cases, run, resume=bool(done), progress=False)
+    result = train(config, cfg, cases, run, resume=bool(done), progress=False,
+                   init_weights=None if done else init_weights)
     if result.stopped:  # SIGTERM / Ctrl-C: its checkpoint is written; the same command resumes it
         raise SystemExit(f"{run}: stopped by {result.stopped} at step {result.step}; run the same command "
                          "again to resume")
@@ -392,14 +393,16 @@ PARTIAL_ROWS = {"full": f"all four organs labelled | standard loss{SCN_ROW}",
                 "self_box": "four sets, one organ each, box of all organs | partial-label loss, background against "
                             "its own belief (self)",
                 "hybrid_box": "four sets, one organ each, box of all organs | partial-label loss, seed 001's hybrid "
-                              "(batch Dice + focal)"}
+                              "(batch Dice + focal)",
+                "self_box_pseudo": "four sets, one organ each, box of all organs | self for half the steps, then "
+                                   "its own pseudo-labels for the unknown organs"}
 #: the run folder and the training-config changes of each row trained on the one-organ sets
 PARTIAL_RUNS = {"partial": ("partial_loss", {}), "naive": ("partial_naive", {"partial_labels": False}),
                 "hybrid": ("partial_hybrid", {"loss": "hybrid"}), "self": ("partial_self", {"partial_mode": "self"}),
                 "self_box": ("partial_self_box", {"partial_mode": "self"}),
                 "hybrid_box": ("partial_hybrid_box", {"loss": "hybrid"})}
 #: rows whose one-organ cases train in the box of all organs (:func:`partial_cases`)
-ALL_ORGANS_BOX = {"self_box", "hybrid_box"}
+ALL_ORGANS_BOX = {"self_box", "hybrid_box", "self_box_pseudo"}
 
 
 def partial_row_name(key: str, augment: bool, clipnorm: float | None = None) -> str:
@@ -415,6 +418,43 @@ def _clipnorm_tag(clipnorm: float) -> str:
     return f"clipnorm {clipnorm:g}"
 
 
+def pseudo_labelled(parts, segmenter) -> list:
+    """Each one-organ case with its unknown organs filled in from ``segmenter``'s prediction, then
+    taken as fully annotated: the annotated organ keeps its labels, and a label-0 voxel takes the
+    predicted organ when that is one the case leaves unknown (so a predicted voxel of the annotated
+    organ outside its labels stays background)."""
+    import dataclasses
+
+    from flare_seg.geometry import Geometry
+    from flare_seg.training.partial import keep_annotated
+
+    out = []
+    for case in parts:
+        predicted = segmenter.segment(case.image_hu, Geometry(case.image_hu.shape, case.spacing_mm)).labels
+        known = keep_annotated(case.labels, case.annotated)
+        fill = (known == 0) & (predicted > 0) & ~np.isin(predicted, case.annotated or ())
+        out.append(dataclasses.replace(case, labels=np.where(fill, predicted, known).astype(np.uint8),
+                                       annotated=None))
+    return out
+
+
+def pseudo_label_row(args, config, parts) -> tuple[Path, dict]:
+    """The ``self_box_pseudo`` row (one round of self-training): ``self`` mode for half the steps
+    (``round1/``), then that model's EMA weights pseudo-label the unknown organs of its own training
+    phantoms (:func:`pseudo_labelled`) and the network, starting from those weights, trains the other
+    half on them as fully labelled cases (``round2/``). Returns round 2's run and the pseudo-labels'
+    quality (round 1's model on its training phantoms: its ``unlabelled_dsc`` is theirs)."""
+    half = args.steps // 2
+    folder = args.out / "partial_self_box_pseudo"
+    first = train_row(folder / "round1", config, parts, args, steps=half, validate_every=half, partial_mode="self")
+    segmenter = segmenter_for(first)
+    quality = score_training(first, parts, segmenter)
+    pseudo = pseudo_labelled(parts, segmenter)
+    second = train_row(folder / "round2", config, pseudo, args, init_weights=first / "model.weights.h5",
+                       steps=args.steps - half, validate_every=args.steps - half)
+    return second, {"pseudo_labels": quality}
+
+
 def run_partial(args, train, held, scn_full: Path) -> dict:
     """The partial-label rows, each trained and then scored before the next starts, and the rows so
     far stored after each (``partial_so_far.json``), so a run cut short keeps what it finished."""
@@ -424,13 +464,16 @@ def run_partial(args, train, held, scn_full: Path) -> dict:
     for key in args.partial_rows:
         name = partial_row_name(key, args.augment, args.clipnorm)
         parts = partial_cases(train, all_organs_box=key in ALL_ORGANS_BOX, split=args.split)
+        extra = {}
         if key == "full":
             run = scn_full
+        elif key == "self_box_pseudo":
+            run, extra = pseudo_label_row(args, config, parts)
         else:
             folder, changes = PARTIAL_RUNS[key]
             run = train_row(args.out / folder, config, parts, args, **changes)
         segmenter = segmenter_for(run)  # loaded once for both scorings
-        out[name] = {"scores": {"phantoms": evaluate_row(run, held, segmenter, real=False)["phantoms"]}}
+        out[name] = {"scores": {"phantoms": evaluate_row(run, held, segmenter, real=False)["phantoms"]}, **extra}
         if args.score_train and key != "full":
             out[name]["train"] = score_training(run, parts, segmenter)
         path.write_text(json.dumps(out, indent=1) + "\n")

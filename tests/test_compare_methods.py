@@ -349,3 +349,66 @@ def test_the_balanced_split_labels_each_organ_in_both_phantom_kinds(tmp_path):
     assert f"| {self_box}, 8 phantoms, sets by index | 0.500 |" in text
     assert "; one-organ sets balanced over the phantom kinds (each organ labelled in as many parametric as " \
         "AMOS-map phantoms)." in text
+
+
+def test_pseudo_labels_fill_only_the_unknown_organs_on_unlabelled_voxels():
+    """A one-organ case's pseudo-labelled copy keeps its annotated organ exactly as labelled, takes
+    the prediction for the organs it leaves unknown on label-0 voxels only, and is then fully
+    annotated (hand-made prediction: each rule visible in one voxel)."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Case:
+        image_hu: np.ndarray
+        labels: np.ndarray
+        spacing_mm: tuple = (2.0, 2.0, 2.0)
+        annotated: tuple | None = None
+
+    labels = np.zeros((1, 1, 6), np.uint8)
+    labels[0, 0] = [1, 1, 2, 3, 0, 0]  # full labels; the case annotates the liver (1) only
+    predicted = np.array([[[1, 3, 2, 0, 1, 4]]], np.uint8)
+
+    class Segmenter:
+        def segment(self, image, geometry):
+            return type("Result", (), {"labels": predicted})
+
+    (out,) = compare_methods.pseudo_labelled([Case(np.zeros(labels.shape), labels, annotated=(1,))], Segmenter())
+    # liver kept where labelled even if predicted else; kidney predicted on an unknown organ's voxel
+    # taken; nothing predicted on the spleen's: background; liver predicted off its labels: background
+    assert out.labels[0, 0].tolist() == [1, 1, 2, 0, 0, 4] and out.annotated is None
+
+
+def test_the_pseudo_label_row_trains_self_then_from_its_weights_on_its_own_pseudo_labels(tmp_path, monkeypatch):
+    """``self_box_pseudo``: round 1 trains half the steps in ``self`` mode on the one-organ cases,
+    round 2 starts from round 1's EMA weights and trains the rest on fully annotated copies whose
+    unknown organs the round-1 model filled in; the row keeps the pseudo-labels' quality."""
+    from dataclasses import replace
+
+    from conftest import blob_case, tiny_configs
+
+    _, seg = tiny_configs()
+    seg = replace(seg, preprocess=replace(seg.preprocess, grid=replace(seg.preprocess.grid, spacing_mm=4.0)))
+    parts = compare_methods.partial_cases([blob_case(0), blob_case(1)], all_organs_box=True)
+    calls, real_train_row = [], compare_methods.train_row
+
+    def recording(run, config, cases, args, init_weights=None, **changes):
+        calls.append((run, [(c.annotated, c.labels.copy()) for c in cases], init_weights, changes))
+        return real_train_row(run, config, cases, args, init_weights=init_weights, **changes)
+
+    class Truth:  # a round-1 model that finds every organ: the pseudo-labels are the full labels
+        def segment(self, image, geometry):
+            case = next(c for c in parts if c.image_hu is image)
+            return type("Result", (), {"labels": case.labels})
+
+    monkeypatch.setattr(compare_methods, "train_row", recording)
+    monkeypatch.setattr(compare_methods, "segmenter_for", lambda run: Truth())
+    args = compare_methods.parse_args(["--steps", "2", "--crop", "32", "32", "32", "--out", str(tmp_path)])
+    run, extra = compare_methods.pseudo_label_row(args, seg, parts)
+    first, second = calls
+    assert first[0].name == "round1" and first[3] == {"steps": 1, "validate_every": 1, "partial_mode": "self"}
+    assert [a for a, _ in first[1]] == [(1,), (1,)] and first[2] is None
+    assert run == second[0] and second[0].name == "round2" and second[2] == first[0] / "model.weights.h5"
+    assert second[3] == {"steps": 1, "validate_every": 1}
+    assert all(a is None and np.array_equal(lab, c.labels) for (a, lab), c in zip(second[1], parts, strict=True))
+    assert extra == {"pseudo_labels": {"labelled_dsc": 1.0, "unlabelled_dsc": 1.0, "cases": 2}}
+    assert (run / "model.weights.h5").exists() and json.loads((run / "train_config.json").read_text())["steps"] == 1
