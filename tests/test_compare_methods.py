@@ -4,6 +4,7 @@ sections of the doc."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -68,6 +69,16 @@ def test_a_doc_without_markers_gets_them():
     begin, end = compare_methods.marks("partial")
     assert compare_methods.into_doc("", "T", begin, end) == f"{begin}\nT\n{end}\n"
     assert compare_methods.into_doc("# Doc\n", "T", begin, end) == f"# Doc\n\n{begin}\nT\n{end}\n"
+
+
+@dataclasses.dataclass
+class _Case:
+    """A training phantom as far as partial_cases, score_training and pseudo_labelled read one."""
+
+    image_hu: np.ndarray
+    labels: np.ndarray
+    spacing_mm: tuple = (2.0, 2.0, 2.0)
+    annotated: tuple | None = None
 
 
 def _settings(steps: int) -> dict:
@@ -228,19 +239,10 @@ def test_rows_of_longer_runs_and_reruns_keep_their_own_names(tmp_path):
 def test_score_train_splits_the_labelled_organ_from_the_unknown_ones(monkeypatch):
     """A model that learned which organ each training phantom labels (finds it, calls the others
     background) scores 1 / 0; one that learned the organs scores 1 / 1."""
-    import dataclasses
-
-    @dataclasses.dataclass
-    class Case:
-        image_hu: np.ndarray
-        labels: np.ndarray
-        spacing_mm: tuple = (2.0, 2.0, 2.0)
-        annotated: tuple | None = None
-
     labels = np.zeros((12, 12, 16), np.uint8)
     for organ in range(1, 5):  # four 4 x 4 x 3 blocks, one per organ
         labels[4:8, 4:8, 4 * organ - 4:4 * organ - 1] = organ
-    cases = compare_methods.partial_cases([Case(np.full(labels.shape, float(i)), labels) for i in range(4)],
+    cases = compare_methods.partial_cases([_Case(np.full(labels.shape, float(i)), labels) for i in range(4)],
                                           split="by_index")
     assert [c.annotated for c in cases] == [(1,), (2,), (3,), (4,)]
 
@@ -297,7 +299,6 @@ def test_the_balanced_split_labels_each_organ_in_both_phantom_kinds(tmp_path):
     AMOS-map ones. Rendered beside each other, the one-organ rows of the other split say which
     split they trained on; the fully labelled rows (no split) do not, and rows of another number of
     phantoms say how many."""
-    import dataclasses
 
     from flare_seg.training.synthetic import synthetic_cases
 
@@ -313,12 +314,7 @@ def test_the_balanced_split_labels_each_organ_in_both_phantom_kinds(tmp_path):
     import inspect  # the rule the split relies on is the generator's
     assert "i % 2 == 1 and amos is not None" in inspect.getsource(synthetic_cases)
 
-    @dataclasses.dataclass
-    class Case:
-        labels: np.ndarray
-        annotated: tuple | None = None
-
-    cases = [Case(np.zeros((2, 2, 2), np.uint8)) for _ in range(8)]
+    cases = [_Case(np.zeros((2, 2, 2)), np.zeros((2, 2, 2), np.uint8)) for _ in range(8)]
     assert [c.annotated for c in compare_methods.partial_cases(cases)] == \
         [(1,), (1,), (2,), (2,), (3,), (3,), (4,), (4,)]
     args = compare_methods.parse_args(["--split", "by_index"])
@@ -355,15 +351,6 @@ def test_pseudo_labels_fill_only_the_unknown_organs_on_unlabelled_voxels():
     """A one-organ case's pseudo-labelled copy keeps its annotated organ exactly as labelled, takes
     the prediction for the organs it leaves unknown on label-0 voxels only, and is then fully
     annotated (hand-made prediction: each rule visible in one voxel)."""
-    import dataclasses
-
-    @dataclasses.dataclass
-    class Case:
-        image_hu: np.ndarray
-        labels: np.ndarray
-        spacing_mm: tuple = (2.0, 2.0, 2.0)
-        annotated: tuple | None = None
-
     labels = np.zeros((1, 1, 6), np.uint8)
     labels[0, 0] = [1, 1, 2, 3, 0, 0]  # full labels; the case annotates the liver (1) only
     predicted = np.array([[[1, 3, 2, 0, 1, 4]]], np.uint8)
@@ -372,7 +359,7 @@ def test_pseudo_labels_fill_only_the_unknown_organs_on_unlabelled_voxels():
         def segment(self, image, geometry):
             return type("Result", (), {"labels": predicted})
 
-    (out,) = compare_methods.pseudo_labelled([Case(np.zeros(labels.shape), labels, annotated=(1,))], Segmenter())
+    (out,) = compare_methods.pseudo_labelled([_Case(np.zeros(labels.shape), labels, annotated=(1,))], Segmenter())
     # liver kept where labelled even if predicted else; kidney predicted on an unknown organ's voxel
     # taken; nothing predicted on the spleen's: background; liver predicted off its labels: background
     assert out.labels[0, 0].tolist() == [1, 1, 2, 0, 0, 4] and out.annotated is None
