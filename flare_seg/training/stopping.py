@@ -4,7 +4,8 @@ finishes the step in progress, writes a checkpoint at that step and ends the run
 user's Ctrl-C all lose at most one step). A second signal acts at once, as it would without this.
 
 SIGINT is left alone where the process inherited it ignored (a job started in the background by a
-script: there Ctrl-C was never meant to reach it); SIGTERM is always caught. Handlers can only be
+script: there Ctrl-C was never meant to reach it); SIGTERM is caught unless its handler was set
+outside Python (``signal.getsignal`` gives None: it could not be put back). Handlers can only be
 installed from the main thread; elsewhere (a training run in a worker thread) the signals keep
 their usual meaning and the run stops only when it is done.
 """
@@ -41,7 +42,7 @@ class StopRequest:
             return self
         for signum in SIGNALS:
             previous = signal.getsignal(signum)
-            if signum == signal.SIGINT and previous == signal.SIG_IGN:
+            if previous is None or (signum == signal.SIGINT and previous == signal.SIG_IGN):
                 continue
             self._previous[signum] = previous
             signal.signal(signum, self._handle)
