@@ -566,20 +566,18 @@ def distinct_row_name(name: str, row_settings: dict, reference: dict, taken, fol
     of steps than the section's own says how many, and a row whose name another run's row holds
     already (same labels, loss and steps, e.g. the same row trained again on another CPU) is marked
     with its folder, so that no row overwrites another."""
-    steps = row_settings.get("steps")
-    if steps is not None and steps != reference.get("steps"):
-        name = f"{name.replace(SCN_ROW, '')}, {steps:,} steps"
-    phantoms = row_settings.get("train_phantoms")
-    if phantoms is not None and phantoms != reference.get("train_phantoms"):
-        name = f"{name.replace(SCN_ROW, '')}, {phantoms} phantoms"
+    steps, phantoms = row_settings.get("steps"), row_settings.get("train_phantoms")
     split = split_of(row_settings)
-    if not name.startswith(FULL_PREFIX) and split != split_of(reference):
-        name = f"{name}, {SPLIT_TAGS[split]}"
+    suffixes = [f"{steps:,} steps" if steps not in (None, reference.get("steps")) else "",
+                f"{phantoms} phantoms" if phantoms not in (None, reference.get("train_phantoms")) else "",
+                SPLIT_TAGS[split] if not name.startswith(FULL_PREFIX) and split != split_of(reference) else ""]
+    if any(suffixes):
+        name = name.replace(SCN_ROW, "") + "".join(f", {s}" for s in suffixes if s)
     return f"{name} [{folder}]" if name in taken else name
 
 
 #: the fully labelled rows' names begin so (the split does not touch them)
-FULL_PREFIX = "all four organs labelled"
+FULL_PREFIX = PARTIAL_ROWS["full"].split(" | ")[0]
 #: what a one-organ row's name says of its split when it is rendered beside rows of the other one
 SPLIT_TAGS = {"balanced": "balanced sets", "by_index": "sets by index"}
 SPLIT_TEXT = {"balanced": "one-organ sets balanced over the phantom kinds (each organ labelled in as many "
@@ -617,7 +615,8 @@ def _threads(n: int) -> str:
     return f"{n} thread{'' if n == 1 else 's'}"
 
 
-def settings_md(results: dict) -> list[str]:
+def settings_md(results: dict, extra: str = "") -> list[str]:
+    """The line naming a run's settings; ``extra`` is one more clause at its end (a trained run's)."""
     if "steps" not in results:  # a forward-only run names its machine only
         return [f"Measured by `benchmarks/compare_methods.py` on {results['cpu']} ({_threads(results['threads'])}).",
                 ""] if "cpu" in results else []
@@ -628,7 +627,7 @@ def settings_md(results: dict) -> list[str]:
             f"lr {results['lr']}, seed {results['seed']}; trained rows at a {results['spacing_mm']} mm grid, "
             f"local net {local[0]} levels x {local[1]} filters, spatial nets {results['spatial_filters']} "
             f"filters; augmentation {'on' if results.get('augment') else 'off'}; "
-            f"{_clipping(results.get('clipnorm'))}.", ""]
+            f"{_clipping(results.get('clipnorm'))}{f'; {extra}' if extra else ''}.", ""]
 
 
 def _clipping(clipnorm: float | None) -> str:
@@ -684,10 +683,8 @@ def section_md(key: str, rows: dict, run_settings: dict, args) -> str:
     marks = cpu_marks(rows, run_settings) if key == "partial" else {}
     body = {"methods": lambda: _methods_md(rows, args), "forward": lambda: _forward_md(rows),
             "partial": lambda: _partial_md(rows, marks)}[key]()
-    lines = settings_md(run_settings)
+    lines = settings_md(run_settings, SPLIT_TEXT[split_of(run_settings)] if key == "partial" else "")
     if key == "partial":
-        if lines:  # the one-organ sets of the section's own run
-            lines[0] = f"{lines[0][:-1]}; {SPLIT_TEXT[split_of(run_settings)]}."
         lines += _other_settings_md(rows, run_settings, marks)
     return "\n".join([title, "", *lines, *body, ""])
 

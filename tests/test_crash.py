@@ -163,6 +163,11 @@ def _weights(path: Path, config) -> list[np.ndarray]:
     return [w.numpy() for w in model.weights]
 
 
+def _max_weight_diff(a: Path, b: Path, config) -> float:
+    """Largest absolute difference between two weight files of ``config``'s network."""
+    return max(float(np.abs(x - y).max()) for x, y in zip(_weights(a, config), _weights(b, config), strict=True))
+
+
 def _run_cli_process(cli_args: list[str]) -> None:
     done = subprocess.run([sys.executable, "-m", "flare_seg.cli", *cli_args], env=_env(), capture_output=True,
                           text=True, timeout=900)
@@ -188,9 +193,7 @@ def test_kill_9_during_training_then_resume_gives_the_uninterrupted_weights(tmp_
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=60)
     _run_cli_process(_train_args(run, config) + ["--resume"])
-    straight = _weights(tmp_path / "straight" / "model.weights.h5", seg)
-    resumed = _weights(run / "model.weights.h5", seg)
-    assert max(float(np.abs(a - b).max()) for a, b in zip(straight, resumed, strict=True)) == 0.0
+    assert _max_weight_diff(tmp_path / "straight" / "model.weights.h5", run / "model.weights.h5", seg) == 0.0
     assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 6
     assert not [p for p in run.iterdir() if is_temporary(p) or p.name == ".checkpoint.old"]
 
@@ -221,6 +224,4 @@ def test_sigterm_stops_training_with_a_checkpoint_and_resume_gives_the_uninterru
     rows = (run / "train_log.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["2"]
     _run_cli_process(args(run) + ["--resume"])
-    straight = _weights(tmp_path / "straight" / "model.weights.h5", seg)
-    resumed = _weights(run / "model.weights.h5", seg)
-    assert max(float(np.abs(a - b).max()) for a, b in zip(straight, resumed, strict=True)) == 0.0
+    assert _max_weight_diff(tmp_path / "straight" / "model.weights.h5", run / "model.weights.h5", seg) == 0.0

@@ -14,11 +14,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(code: str) -> subprocess.CompletedProcess:
+def _run(code: str, returncode: int = 0) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter with this checkout importable; it must end with ``returncode``."""
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
                           timeout=120)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == returncode, (done.returncode, done.stderr)
     return done
 
 
@@ -47,18 +48,15 @@ def test_the_first_signal_asks_to_stop_and_the_second_acts_at_once():
 
 
 def test_a_second_sigterm_ends_the_process_as_sigterm_does():
-    code = """
+    done = _run("""
         import os, signal
         from flare_seg.training.stopping import StopRequest
         with StopRequest():
             os.kill(os.getpid(), signal.SIGTERM)
             os.kill(os.getpid(), signal.SIGTERM)
             print("survived")
-    """
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == -15 and "survived" not in done.stdout, (done.returncode, done.stderr)
+    """, returncode=-15)
+    assert "survived" not in done.stdout
 
 
 def test_an_ignored_sigint_stays_ignored_and_a_worker_thread_changes_nothing():

@@ -233,7 +233,7 @@ def run(args) -> int:
     if result.stopped:  # SIGTERM / Ctrl-C: a checkpoint at the step it stopped (flare_seg.training.stopping)
         print(f"{args.out}: stopped by {result.stopped} at step {result.step} of {cfg.steps}; continue with "
               f"the same command and --resume")
-        return 128 + int(getattr(signal, result.stopped))
+        return 128 + signal.Signals[result.stopped]
     last = result.log_rows[-1] if result.log_rows else {}
     scores = ", ".join(f"{k[8:]} {float(v):.3f}" for k, v in last.items() if k.startswith("val_dsc_") and v != "")
     print(f"{args.out}: step {result.step}; EMA weights in {args.out / 'model.weights.h5'}"

@@ -396,6 +396,7 @@ def _callbacks(run, paths, model_config, train_config, val_sampler, num_val, dat
             logged = checkpoint or step % train_config.validate_every == 0
             if logged:
                 self._log_row(step)
+            # read after this step's logging: a signal during its validation stops the run at this step
             stopping = stop is not None and stop.requested and step < train_config.steps
             if stopping and not logged:
                 self._log_row(step)
