@@ -567,9 +567,10 @@ def distinct_row_name(name: str, row_settings: dict, reference: dict, taken, fol
     already (same labels, loss and steps, e.g. the same row trained again on another CPU) is marked
     with its folder, so that no row overwrites another."""
     steps, phantoms = row_settings.get("steps"), row_settings.get("train_phantoms")
-    split = split_of(row_settings)
+    heldout, split = row_settings.get("heldout_phantoms"), split_of(row_settings)
     suffixes = [f"{steps:,} steps" if steps not in (None, reference.get("steps")) else "",
                 f"{phantoms} phantoms" if phantoms not in (None, reference.get("train_phantoms")) else "",
+                f"{heldout} held out" if heldout not in (None, reference.get("heldout_phantoms")) else "",
                 SPLIT_TAGS[split] if not name.startswith(FULL_PREFIX) and split != split_of(reference) else ""]
     if any(suffixes):
         name = name.replace(SCN_ROW, "") + "".join(f", {s}" for s in suffixes if s)
@@ -648,11 +649,12 @@ def _forward_md(rows: dict) -> list[str]:
 
 def _other_settings_md(rows: dict, run_settings: dict, marks: dict) -> list[str]:
     """A line for the partial rows rendered from a run other than the one that names the section:
-    augmented rows, clipped rows, rows of another length or number of phantoms, one-organ rows of the
-    other split (:func:`split_of`), and what each row's CPU mark (:func:`cpu_marks`) means."""
+    augmented rows, clipped rows, rows of another length or number of training or held-out phantoms,
+    one-organ rows of the other split (:func:`split_of`), and what each row's CPU mark
+    (:func:`cpu_marks`) means."""
     others = {name: row["settings"] for name, row in rows.items() if row.get("settings")
               and (any(row["settings"].get(k) != run_settings.get(k)
-                       for k in ("augment", "steps", "cpu", "clipnorm", "train_phantoms"))
+                       for k in ("augment", "steps", "cpu", "clipnorm", "train_phantoms", "heldout_phantoms"))
                    or split_of(row["settings"]) != split_of(run_settings))}
     if not others:
         return []
@@ -668,6 +670,9 @@ def _other_settings_md(rows: dict, run_settings: dict, marks: dict) -> list[str]
     counts = sorted({s["train_phantoms"] for s in others.values()
                      if s.get("train_phantoms") not in (None, run_settings.get("train_phantoms"))})
     parts += [f"rows named *{n} phantoms* trained on {n} phantoms" for n in counts]
+    held = sorted({s["heldout_phantoms"] for s in others.values()
+                   if s.get("heldout_phantoms") not in (None, run_settings.get("heldout_phantoms"))})
+    parts += [f"rows named *{n} held out* scored on {n} held-out phantoms (the first ones are the ones above)" for n in held]
     splits = sorted({split_of(s) for s in others.values()} - {split_of(run_settings)})
     parts += [f"rows named *{SPLIT_TAGS[sp]}* trained on {SPLIT_TEXT[sp]} (`--split {sp}`)" for sp in splits]
     if any(name.endswith("]") for name in others):

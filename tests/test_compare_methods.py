@@ -234,6 +234,11 @@ def test_rows_of_longer_runs_and_reruns_keep_their_own_names(tmp_path):
     full = compare_methods.PARTIAL_ROWS["full"]
     assert compare_methods.distinct_row_name(full, {"steps": 750}, {"steps": 3000}, [], "f") == \
         "all four organs labelled | standard loss, 750 steps"
+    assert compare_methods.distinct_row_name("x", {"steps": 3000, "heldout_phantoms": 16},
+                                             {"steps": 3000, "heldout_phantoms": 3}, [], "f") == "x, 16 held out"
+    line = compare_methods._other_settings_md({"x, 16 held out": {"settings": {"heldout_phantoms": 16}}},
+                                              {"heldout_phantoms": 3}, {})
+    assert line[0].startswith("Rows named *16 held out* scored on 16 held-out phantoms")
 
 
 def test_score_train_splits_the_labelled_organ_from_the_unknown_ones(monkeypatch):
