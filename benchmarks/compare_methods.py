@@ -672,7 +672,9 @@ def _other_settings_md(rows: dict, run_settings: dict, marks: dict) -> list[str]
     parts += [f"rows named *{n} phantoms* trained on {n} phantoms" for n in counts]
     held = sorted({s["heldout_phantoms"] for s in others.values()
                    if s.get("heldout_phantoms") not in (None, run_settings.get("heldout_phantoms"))})
-    parts += [f"rows named *{n} held out* scored on {n} held-out phantoms (the first ones are the ones above)" for n in held]
+    ref = run_settings.get("heldout_phantoms")
+    parts += [f"rows named *{n} held out* scored on {n} held-out phantoms"
+              + (f" (the {ref} above and {n - ref} more)" if ref and n > ref else "") for n in held]
     splits = sorted({split_of(s) for s in others.values()} - {split_of(run_settings)})
     parts += [f"rows named *{SPLIT_TAGS[sp]}* trained on {SPLIT_TEXT[sp]} (`--split {sp}`)" for sp in splits]
     if any(name.endswith("]") for name in others):
