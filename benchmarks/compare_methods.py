@@ -247,7 +247,54 @@ def _partial_md(rows: dict, marks: dict | None = None) -> list[str]:
                   "|---|---|---:|---:|"]
         lines += [f"| {_marked(name, row, marks)} | {row['train']['labelled_dsc']:.3f} | "
                   f"{row['train']['unlabelled_dsc']:.3f} |" for name, row in trained.items()]
+    gaps = paired_gaps(rows)
+    if gaps:
+        lines += ["", "Each one-organ row against the fully labelled row of the same settings (steps, "
+                  "phantoms, held-out phantoms, clipping, augmentation, CPU): the mean over held-out "
+                  "phantoms of the per-phantom gap in mean DSC, with its paired standard error:", "",
+                  "| training labels | loss | held out | fully labelled | this row | gap | paired SE |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {_marked(name, rows[name], marks)} | {g['phantoms']} | {g['full']:.3f} | {g['row']:.3f} | "
+                  f"{g['gap']:.3f} | {g['se']:.3f} |" for name, g in gaps.items()]
     return lines
+
+
+#: the settings a one-organ row shares with the fully labelled row it is compared with (not the
+#: split: it does not touch a fully labelled run)
+PAIRED_SETTINGS = ("steps", "train_phantoms", "heldout_phantoms", "clipnorm", "augment", "seed", "crop_zyx",
+                   "lr", "cpu")
+
+
+def paired_gaps(rows: dict) -> dict:
+    """Each one-organ row's gap to the fully labelled row of the same :data:`PAIRED_SETTINGS` (rows
+    without stored settings, those of one run, pair with each other): per held-out phantom, the
+    fully labelled row's mean DSC over the organs minus this row's; their mean, and its standard
+    error (ddof 1; 0 with one phantom). Rows without such a partner, or scored on other phantoms,
+    are left out."""
+    def key(row):
+        settings = row.get("settings") or {}
+        return tuple(json.dumps(settings.get(k)) for k in PAIRED_SETTINGS)
+
+    def per_phantom(row):
+        return np.array([np.mean([case[o]["dsc"] for o in ORGANS]) for case in row["scores"]["phantoms"]])
+
+    full = {}
+    for name, row in rows.items():
+        if name.startswith(FULL_PREFIX):
+            full.setdefault(key(row), row)
+    out = {}
+    for name, row in rows.items():
+        partner = full.get(key(row))
+        if name.startswith(FULL_PREFIX) or partner is None:
+            continue
+        a, b = per_phantom(partner), per_phantom(row)
+        if len(a) != len(b):
+            continue
+        d = a - b
+        se = float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+        out[name] = {"phantoms": len(d), "full": float(a.mean()), "row": float(b.mean()),
+                     "gap": float(d.mean()), "se": se}
+    return out
 
 
 #: how the one-organ sets are drawn (``--split``): ``balanced`` gives each organ to as many

@@ -404,3 +404,23 @@ def test_the_pseudo_label_row_trains_self_then_from_its_weights_on_its_own_pseud
     assert all(a is None and np.array_equal(lab, c.labels) for (a, lab), c in zip(second[1], parts, strict=True))
     assert extra == {"pseudo_labels": {"labelled_dsc": 1.0, "unlabelled_dsc": 1.0, "cases": 2}}
     assert (run / "model.weights.h5").exists() and json.loads((run / "train_config.json").read_text())["steps"] == 1
+
+
+def test_paired_gap_to_the_fully_labelled_row_of_the_same_settings():
+    """Hand-worked: per-phantom gaps 0.2 and 0.4 give a gap of 0.3 with SE std([0.2, 0.4], ddof=1) /
+    sqrt(2) = 0.1; a row of other settings, or scored on other phantoms, gets no partner."""
+    full = compare_methods.PARTIAL_ROWS["full"]
+    settings = {"steps": 3000, "train_phantoms": 32, "heldout_phantoms": 2, "split": "by_index"}
+    rows = {full: {"scores": {"phantoms": [_case(0.9, 0), _case(0.8, 0)]}, "settings": settings},
+            "one organ | self": {"scores": {"phantoms": [_case(0.7, 0), _case(0.4, 0)]},
+                                 "settings": {**settings, "split": "balanced"}},  # the split does not matter
+            "one organ | self, 6,000 steps": {"scores": {"phantoms": [_case(0.7, 0), _case(0.4, 0)]},
+                                              "settings": {**settings, "steps": 6000}},
+            "one organ | other phantoms": {"scores": {"phantoms": [_case(0.7, 0)]}, "settings": settings}}
+    gaps = compare_methods.paired_gaps(rows)
+    assert list(gaps) == ["one organ | self"]
+    got = gaps["one organ | self"]
+    assert got["phantoms"] == 2 and np.isclose(got["full"], 0.85) and np.isclose(got["row"], 0.55)
+    assert np.isclose(got["gap"], 0.3) and np.isclose(got["se"], 0.1)
+    text = "\n".join(compare_methods._partial_md(rows))
+    assert "| one organ | self | 2 | 0.850 | 0.550 | 0.300 | 0.100 |" in text
