@@ -712,16 +712,15 @@ def _other_settings_md(rows: dict, run_settings: dict, marks: dict) -> list[str]
     clipnorms = sorted({s["clipnorm"] for s in others.values() if s.get("clipnorm") is not None
                         and s["clipnorm"] != run_settings.get("clipnorm")})
     parts += [f"rows named *{_clipnorm_tag(c)}* trained with {_clipping(c)} (`--clipnorm`)" for c in clipnorms]
-    lengths = sorted({s["steps"] for s in others.values() if s.get("steps") not in (None, run_settings.get("steps"))})
-    parts += [f"rows named *{n:,} steps* trained for {n:,} steps" for n in lengths]
-    counts = sorted({s["train_phantoms"] for s in others.values()
-                     if s.get("train_phantoms") not in (None, run_settings.get("train_phantoms"))})
-    parts += [f"rows named *{n} phantoms* trained on {n} phantoms" for n in counts]
-    held = sorted({s["heldout_phantoms"] for s in others.values()
-                   if s.get("heldout_phantoms") not in (None, run_settings.get("heldout_phantoms"))})
+    def other_values(key: str) -> list:  # the values of ``key`` the other rows have and the section has not
+        return sorted({s[key] for s in others.values() if s.get(key) not in (None, run_settings.get(key))})
+
+    parts += [f"rows named *{n:,} steps* trained for {n:,} steps" for n in other_values("steps")]
+    parts += [f"rows named *{n} phantoms* trained on {n} phantoms" for n in other_values("train_phantoms")]
     ref = run_settings.get("heldout_phantoms")
     parts += [f"rows named *{n} held out* scored on {n} held-out phantoms"
-              + (f" (the {ref} above and {n - ref} more)" if ref and n > ref else "") for n in held]
+              + (f" (the {ref} above and {n - ref} more)" if ref and n > ref else "")
+              for n in other_values("heldout_phantoms")]
     splits = sorted({split_of(s) for s in others.values()} - {split_of(run_settings)})
     parts += [f"rows named *{SPLIT_TAGS[sp]}* trained on {SPLIT_TEXT[sp]} (`--split {sp}`)" for sp in splits]
     if any(name.endswith("]") for name in others):
