@@ -353,6 +353,8 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint-every", type=int, metavar="N",
                    help="checkpoint each row every N steps (default: at the end only), so a row cut short "
                         "resumes there when the same command runs again")
+    p.add_argument("--pseudo-margin-mm", type=float, default=8.0,
+                   help="self_box_confident: the unsure band on both sides of each predicted organ boundary (mm)")
     p.add_argument("--score-train", action="store_true",
                    help="also score each one-organ row on its own training phantoms against their full labels "
                         "(does it find the organs they leave unknown?); trained runs are reused")
@@ -442,14 +444,16 @@ PARTIAL_ROWS = {"full": f"all four organs labelled | standard loss{SCN_ROW}",
                 "hybrid_box": "four sets, one organ each, box of all organs | partial-label loss, seed 001's hybrid "
                               "(batch Dice + focal)",
                 "self_box_pseudo": "four sets, one organ each, box of all organs | self for half the steps, then "
-                                   "its own pseudo-labels for the unknown organs"}
+                                   "its own pseudo-labels for the unknown organs",
+                "self_box_confident": "four sets, one organ each, box of all organs | self for half the steps, then "
+                                      "self with its own confident pseudo-labels for the unknown organs"}
 #: the run folder and the training-config changes of each row trained on the one-organ sets
 PARTIAL_RUNS = {"partial": ("partial_loss", {}), "naive": ("partial_naive", {"partial_labels": False}),
                 "hybrid": ("partial_hybrid", {"loss": "hybrid"}), "self": ("partial_self", {"partial_mode": "self"}),
                 "self_box": ("partial_self_box", {"partial_mode": "self"}),
                 "hybrid_box": ("partial_hybrid_box", {"loss": "hybrid"})}
 #: rows whose one-organ cases train in the box of all organs (:func:`partial_cases`)
-ALL_ORGANS_BOX = {"self_box", "hybrid_box", "self_box_pseudo"}
+ALL_ORGANS_BOX = {"self_box", "hybrid_box", "self_box_pseudo", "self_box_confident"}
 
 
 def partial_row_name(key: str, augment: bool, clipnorm: float | None = None) -> str:
@@ -502,6 +506,81 @@ def pseudo_label_row(args, config, parts) -> tuple[Path, dict]:
     return second, {"pseudo_labels": quality}
 
 
+def confident_pseudo_labelled(parts, segmenter, margin_mm: float) -> tuple[list, dict]:
+    """Each one-organ case with confident pseudo-labels of the organs it leaves unknown, as
+    :attr:`flare_seg.training.data.TrainCase.pseudo`; its labels and ``annotated`` stay as they are.
+
+    From ``segmenter``'s prediction: a voxel deeper than ``margin_mm`` inside a predicted unknown
+    organ is that organ, one farther than ``margin_mm`` from every predicted unknown organ has none
+    (the prediction says background or the annotated organ), and the band of ``margin_mm`` on both
+    sides of each predicted boundary is unsure, as is a voxel where the prediction names the
+    annotated organ off its labels. A case whose prediction misses an unknown organ entirely gets no
+    "none" answers (only its confident organ cores), since the missing organ lies somewhere in it.
+
+    Returns the cases and the pseudo-labels' quality against the phantoms' full labels, over the
+    label-0 voxels of all cases: ``confident`` (share with an answer), ``organ_precision`` (answers
+    naming an organ that are right), ``organ_recall`` (unknown organs' voxels named so) and
+    ``organ_called_none`` (unknown organs' voxels wrongly answered "none": what trains a miss)."""
+    import dataclasses
+
+    from scipy import ndimage
+
+    from flare_seg.geometry import Geometry
+    from flare_seg.training.partial import PSEUDO_UNSURE
+
+    out, tally = [], np.zeros(5, np.int64)  # label-0 voxels, confident, named right, named, truth
+    missed_wrongly = 0
+    for case in parts:
+        predicted = segmenter.segment(case.image_hu, Geometry(case.image_hu.shape, case.spacing_mm)).labels
+        unknown = [o for o in range(1, len(ORGANS) + 1) if o not in (case.annotated or ())]
+        pseudo = np.zeros(case.labels.shape, np.uint8)
+        unsure = np.isin(predicted, case.annotated or ()) & ~np.isin(case.labels, case.annotated or ())
+        cores, missing = [], False
+        for organ in unknown:
+            found = predicted == organ
+            if not found.any():
+                log.warning("%s: the round-1 model finds no %s; only organ cores are pseudo-labelled",
+                            getattr(case, "case_id", "case"), ORGANS[organ - 1])
+                missing = True
+                continue
+            inside = ndimage.distance_transform_edt(found, sampling=case.spacing_mm)
+            outside = ndimage.distance_transform_edt(~found, sampling=case.spacing_mm)
+            unsure |= (outside <= margin_mm) & (inside <= margin_mm)
+            cores.append((organ, inside > margin_mm))
+        pseudo[unsure] = PSEUDO_UNSURE
+        if missing:
+            pseudo[:] = PSEUDO_UNSURE
+        for organ, core in cores:
+            pseudo[core & ~unsure] = organ
+        out.append(dataclasses.replace(case, pseudo=pseudo))
+        known = np.isin(case.labels, case.annotated or ())
+        free = ~known  # label-0 voxels of the one-organ case (the truth may hold unknown organs there)
+        answered = free & (pseudo != PSEUDO_UNSURE)
+        named = answered & (pseudo > 0)
+        truth = free & (case.labels > 0)
+        tally += [free.sum(), answered.sum(), (named & (pseudo == case.labels)).sum(), named.sum(), truth.sum()]
+        missed_wrongly += int((answered & (pseudo == 0) & truth).sum())
+    free, answered, right, named, truth = (int(v) for v in tally)
+    return out, {"margin_mm": float(margin_mm), "confident": answered / max(free, 1),
+                 "organ_precision": right / max(named, 1), "organ_recall": right / max(truth, 1),
+                 "organ_called_none": missed_wrongly / max(truth, 1), "cases": len(parts)}
+
+
+def confident_label_row(args, config, parts) -> tuple[Path, dict]:
+    """The ``self_box_confident`` row: ``self`` mode for half the steps (``round1/``), then that
+    model's EMA weights give its training phantoms confident pseudo-labels of their unknown organs
+    (:func:`confident_pseudo_labelled`) and the network, starting from those weights, trains the
+    other half in ``self`` mode with them (``round2/``): the unknown organs' channels learn from the
+    confident voxels, the unsure band around each predicted boundary stays unknown."""
+    half = args.steps // 2
+    folder = args.out / "partial_self_box_confident"
+    first = train_row(folder / "round1", config, parts, args, steps=half, validate_every=half, partial_mode="self")
+    cases, quality = confident_pseudo_labelled(parts, segmenter_for(first), args.pseudo_margin_mm)
+    second = train_row(folder / "round2", config, cases, args, init_weights=first / "model.weights.h5",
+                       steps=args.steps - half, validate_every=args.steps - half, partial_mode="self")
+    return second, {"pseudo_labels": quality}
+
+
 def run_partial(args, train, held, scn_full: Path) -> dict:
     """The partial-label rows, each trained and then scored before the next starts, and the rows so
     far stored after each (``partial_so_far.json``), so a run cut short keeps what it finished."""
@@ -516,6 +595,8 @@ def run_partial(args, train, held, scn_full: Path) -> dict:
             run = scn_full
         elif key == "self_box_pseudo":
             run, extra = pseudo_label_row(args, config, parts)
+        elif key == "self_box_confident":
+            run, extra = confident_label_row(args, config, parts)
         else:
             folder, changes = PARTIAL_RUNS[key]
             run = train_row(args.out / folder, config, parts, args, **changes)

@@ -79,6 +79,7 @@ class _Case:
     labels: np.ndarray
     spacing_mm: tuple = (2.0, 2.0, 2.0)
     annotated: tuple | None = None
+    pseudo: np.ndarray | None = None
 
 
 def _settings(steps: int) -> dict:
@@ -404,6 +405,69 @@ def test_the_pseudo_label_row_trains_self_then_from_its_weights_on_its_own_pseud
     assert all(a is None and np.array_equal(lab, c.labels) for (a, lab), c in zip(second[1], parts, strict=True))
     assert extra == {"pseudo_labels": {"labelled_dsc": 1.0, "unlabelled_dsc": 1.0, "cases": 2}}
     assert (run / "model.weights.h5").exists() and json.loads((run / "train_config.json").read_text())["steps"] == 1
+
+
+def test_confident_pseudo_labels_leave_a_band_around_each_predicted_boundary_unsure():
+    """Hand-made 1 mm row of 16 voxels, margin 2 mm, the kidney (2) the only unknown organ: predicted
+    at x 4-8, its core (x 6, 3 mm deep) is kidney, voxels within 2 mm of the predicted boundary on
+    either side are unsure, the liver predicted off its labels (x 11) is unsure, and voxels farther
+    than 2 mm from the predicted kidney are "none" -- also x 13, a piece of true kidney the model
+    missed (what ``organ_called_none`` counts). A second case whose prediction misses an unknown
+    organ entirely keeps only the kidney's core."""
+    from flare_seg.training.partial import PSEUDO_UNSURE as U
+
+    labels = np.array([[[1, 1, 1, 0, 0, 2, 2, 2, 2, 2, 0, 0, 0, 2, 0, 0]]], np.uint8)
+    predicted = np.array([[[1, 1, 0, 0, 2, 2, 2, 2, 2, 0, 0, 1, 0, 0, 0, 0]]], np.uint8)
+
+    class Segmenter:
+        def segment(self, image, geometry):
+            return type("Result", (), {"labels": predicted})
+
+    cases = [_Case(np.zeros(labels.shape), labels, (1.0, 1.0, 1.0), annotated=(1, 3, 4)),
+             _Case(np.zeros(labels.shape), labels, (1.0, 1.0, 1.0), annotated=(1,))]
+    (first, second), quality = compare_methods.confident_pseudo_labelled(cases, Segmenter(), margin_mm=2.0)
+    assert first.pseudo[0, 0].tolist() == [0, 0, U, U, U, U, 2, U, U, U, U, U, 0, 0, 0, 0]
+    assert second.pseudo[0, 0].tolist() == [U] * 6 + [2] + [U] * 9
+    assert np.array_equal(first.labels, labels) and first.annotated == (1, 3, 4)
+    # voxels off the annotated organs: 13 + 13; answered 5 (x 6, 12-15) + 1; named 2, both right;
+    # true unknown organs 6 + 6
+    assert quality == {"margin_mm": 2.0, "confident": pytest.approx(6 / 26), "organ_precision": 1.0,
+                       "organ_recall": pytest.approx(2 / 12), "organ_called_none": pytest.approx(1 / 12),
+                       "cases": 2}
+
+
+def test_the_confident_label_row_trains_self_then_self_again_with_its_pseudo_labels(tmp_path, monkeypatch):
+    """``self_box_confident``: round 1 is ``self`` for half the steps, round 2 starts from its EMA
+    weights and trains the rest in ``self`` mode on the same one-organ cases, now carrying pseudo-labels."""
+    from dataclasses import replace
+
+    from conftest import blob_case, tiny_configs
+
+    _, seg = tiny_configs()
+    seg = replace(seg, preprocess=replace(seg.preprocess, grid=replace(seg.preprocess.grid, spacing_mm=4.0)))
+    parts = compare_methods.partial_cases([blob_case(0), blob_case(1)], all_organs_box=True)
+    calls, real_train_row = [], compare_methods.train_row
+
+    def recording(run, config, cases, args, init_weights=None, **changes):
+        calls.append((run, [(c.annotated, c.pseudo) for c in cases], init_weights, changes))
+        return real_train_row(run, config, cases, args, init_weights=init_weights, **changes)
+
+    class Truth:
+        def segment(self, image, geometry):
+            return type("Result", (), {"labels": next(c for c in parts if c.image_hu is image).labels})
+
+    monkeypatch.setattr(compare_methods, "train_row", recording)
+    monkeypatch.setattr(compare_methods, "segmenter_for", lambda run: Truth())
+    args = compare_methods.parse_args(["--steps", "2", "--crop", "32", "32", "32", "--out", str(tmp_path)])
+    run, extra = compare_methods.confident_label_row(args, seg, parts)
+    first, second = calls
+    assert first[0].name == "round1" and first[3] == {"steps": 1, "validate_every": 1, "partial_mode": "self"}
+    assert all(p is None for _, p in first[1]) and first[2] is None
+    assert second[0] == run and run.name == "round2" and second[2] == first[0] / "model.weights.h5"
+    assert second[3] == {"steps": 1, "validate_every": 1, "partial_mode": "self"}
+    assert [a for a, _ in second[1]] == [(1,), (1,)] and all(p is not None for _, p in second[1])
+    assert extra["pseudo_labels"]["organ_precision"] == 1.0 and extra["pseudo_labels"]["organ_called_none"] == 0.0
+    assert (run / "model.weights.h5").exists()
 
 
 def test_paired_gap_to_the_fully_labelled_row_of_the_same_settings():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -232,6 +233,83 @@ def test_self_target_cross_entropy_hand_worked():
     v1 = -np.log(0.9) - np.log(0.7) - np.log(0.9)
     np.testing.assert_allclose(_np(partial.self_target_sigmoid_cross_entropy(y, logits)), [(v0 + v1) / 6],
                                rtol=1e-5)
+
+
+def test_confident_pseudo_labels_code_into_the_labels_and_back_into_the_target():
+    """A one-organ case (liver annotated) with pseudo-labels: "none" on a label-0 voxel makes every
+    unknown organ absent there, an organ value makes it present and the others absent, unsure stays
+    unknown; a pseudo-label naming the annotated liver off its labels, or on an annotated voxel, is
+    not taken. The channel stays unknown to every loss (its minimum is negative)."""
+    labels = np.array([[[1, 0, 0, 0, 0, 1]]], np.uint8)
+    pseudo = np.array([[[0, 0, 2, partial.PSEUDO_UNSURE, 1, 3]]], np.uint8)
+    coded = partial.with_pseudo(labels, pseudo, (1,))
+    assert coded[0, 0].tolist() == [1, 16, 18, 0, 0, 1]
+    assert partial.with_pseudo(labels, None, (1,)) is labels and partial.with_pseudo(labels, pseudo, None) is labels
+    target = partial.partial_target(coded, 5, (1,))
+    a, p, u = partial.PSEUDO_ABSENT, partial.PSEUDO_PRESENT, partial.UNKNOWN
+    assert target[0, 0, :, 0].tolist() == [0, 1, 1, 1, 1, 0]   # background: label 0 as before
+    assert target[0, 0, :, 1].tolist() == [1, 0, 0, 0, 0, 1]   # the annotated liver: as labelled
+    assert target[0, 0, :, 2].tolist() == [u, a, p, u, u, u]   # kidney
+    assert target[0, 0, :, 3].tolist() == [u, a, a, u, u, u]   # spleen
+    np.testing.assert_array_equal(_np(partial.known_channels(target[None])), [[1, 1, 0, 0, 0]])
+    # the naive baseline and fully annotated cases ignore the codes' meaning: plain background
+    assert partial.partial_target(coded, 5, (1,), honour=False)[0, 0, :, 0].tolist() == [0, 1, 1, 1, 1, 0]
+    with pytest.raises(ValueError, match="do not match"):
+        partial.with_pseudo(labels, pseudo[..., :3], (1,))
+
+
+def test_self_mode_reads_confident_pseudo_labels_hand_worked():
+    """The voxels of test_self_target_cross_entropy_hand_worked, the unknown liver now pseudo-labelled:
+    present on voxel 0 (liver BCE(1, 0.8); background target 0), then absent (liver BCE(0, 0.8);
+    background target 1). Voxel 1 (the annotated kidney) is unchanged; unsure gives the old value."""
+    logits = np.zeros((1, 1, 1, 2, 3), "float32")
+    logits[0, 0, 0, 0, 1] = _logit(0.8)
+    logits[0, 0, 0, 1] = [_logit(0.1), _logit(0.3), _logit(0.9)]
+    v1 = -np.log(0.9) - np.log(0.7) - np.log(0.9)
+
+    def y_with(liver_at_voxel0):
+        y = np.zeros((1, 1, 1, 2, 3), "float32")
+        y[0, 0, 0, 0, 0] = 1
+        y[0, 0, 0, 1, 2] = 1
+        y[..., 1] = partial.UNKNOWN
+        y[0, 0, 0, 0, 1] = liver_at_voxel0
+        return y
+
+    present = np.log(2) - np.log(0.8) + np.log(2)   # background BCE(0, 0.5), liver BCE(1, 0.8), kidney BCE(0, 0.5)
+    absent = np.log(2) - np.log(0.2) + np.log(2)    # background BCE(1, 0.5), liver BCE(0, 0.8), kidney
+    for value, v0 in ((partial.PSEUDO_PRESENT, present), (partial.PSEUDO_ABSENT, absent)):
+        np.testing.assert_allclose(_np(partial.self_target_sigmoid_cross_entropy(y_with(value), logits)),
+                                   [(v0 + v1) / 6], rtol=1e-5)
+    kl = 0.2 * np.log(0.2 / 0.5) + 0.8 * np.log(0.8 / 0.5)
+    np.testing.assert_allclose(_np(partial.self_target_sigmoid_cross_entropy(y_with(partial.UNKNOWN), logits)),
+                               [(kl + np.log(2) + v1) / 6], rtol=1e-5)
+
+
+def test_the_segmenter_sampler_carries_pseudo_labels_in_self_mode_only():
+    """The pseudo-labels follow the sample's crop (nearest neighbour, like the labels) into the
+    target, in ``self`` mode; re-calibration ignores them."""
+    from conftest import blob_case
+
+    from flare_seg.preprocess import bounding_box
+    from flare_seg.training.samplers import make_sampler
+
+    case = blob_case(0)
+    roi = bounding_box(case.labels > 0)  # the box of all organs, as the self_box rows train in
+    one = TrainCase(case.case_id, case.image_hu, case.labels, case.spacing_mm, annotated=(1,), roi=roi)
+    pseudo = np.where(case.labels == 2, 2, 0).astype(np.uint8)  # the true kidney, as a confident answer
+    config = SegmenterConfig()
+    train = TrainConfig(partial_mode="self", train_size_zyx=None)
+    with_pseudo = dataclasses.replace(one, pseudo=pseudo)
+    _, target = make_sampler(config, train, [with_pseudo]).sample(0, augment_data=False)
+    _, plain = make_sampler(config, train, [one]).sample(0, augment_data=False)
+    _, full = make_sampler(config, train, [dataclasses.replace(one, annotated=None)]).sample(0, augment_data=False)
+    np.testing.assert_array_equal(target[..., 2] == partial.PSEUDO_PRESENT, full[..., 2] == 1)
+    assert (target[..., 2] == partial.PSEUDO_ABSENT).sum() > (full[..., 0] == 1).sum() // 2
+    np.testing.assert_array_equal(target[..., :2], plain[..., :2])
+    assert (plain[..., 2] == partial.UNKNOWN).all()
+    _, recal = make_sampler(config, dataclasses.replace(train, partial_mode="recalibrate"),
+                            [with_pseudo]).sample(0, augment_data=False)
+    np.testing.assert_array_equal(recal, plain)
 
 
 def test_self_mode_gives_an_unknown_organ_no_gradient_where_it_may_be():

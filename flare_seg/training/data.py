@@ -59,6 +59,11 @@ class TrainCase:
     #: segmenter would always see them centred in a small box, never as at inference, where the
     #: box holds all organs. None: the box of the labels (seed 002).
     roi: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None
+    #: Confident pseudo-labels of the organs a partially annotated case leaves unknown (same shape
+    #: as ``labels``; :mod:`flare_seg.training.partial`): ``0`` no unknown organ here, an organ
+    #: value that organ, :data:`~flare_seg.training.partial.PSEUDO_UNSURE` no answer. Read only on
+    #: the case's label-0 voxels, and only by ``partial_mode="self"``. None: no pseudo-labels.
+    pseudo: np.ndarray | None = None
 
 
 # ----------------------------------------------------------------------------- discovery and loading

@@ -51,6 +51,15 @@ log = logging.getLogger(__name__)
 
 DATASET_FILE = "dataset.json"
 UNKNOWN = -1.0
+#: an unknown organ's target channel where a confident pseudo-label says it is absent / present
+PSEUDO_ABSENT = -2.0
+PSEUDO_PRESENT = -3.0
+#: :attr:`flare_seg.training.data.TrainCase.pseudo` value of a voxel without a confident answer
+PSEUDO_UNSURE = 255
+#: label value ``PSEUDO_CODE + p`` in a sampler's label array: a label-0 voxel whose pseudo-label is
+#: ``p`` (``p = 0``: no unknown organ), so the pseudo-labels follow the crop and the warp of the
+#: labels (nearest neighbour) and :func:`partial_target` reads them back
+PSEUDO_CODE = 16
 _SPATIAL = (1, 2, 3)
 _EPS = 1e-6
 
@@ -110,18 +119,43 @@ def keep_annotated(labels: np.ndarray, annotated: tuple[int, ...] | None) -> np.
 # ----------------------------------------------------------------------------- targets
 
 
+def with_pseudo(labels: np.ndarray, pseudo: np.ndarray | None, annotated: tuple[int, ...] | None) -> np.ndarray:
+    """The label array a sampler warps: ``labels`` with each label-0 voxel that has a confident
+    pseudo-label ``p`` of an unknown organ (or ``p = 0``, none) coded ``PSEUDO_CODE + p``.
+
+    A pseudo-label naming an annotated organ on a voxel its labels leave 0 contradicts them and
+    stays unsure. Fully annotated cases and cases without pseudo-labels come back unchanged."""
+    if pseudo is None or annotated is None:
+        return labels
+    if pseudo.shape != labels.shape:
+        raise ValueError(f"pseudo-labels of shape {pseudo.shape} do not match labels of shape {labels.shape}")
+    confident = (labels == 0) & (pseudo != PSEUDO_UNSURE) & ~np.isin(pseudo, annotated)
+    return np.where(confident, PSEUDO_CODE + pseudo.astype(np.int32), labels).astype(np.uint8)
+
+
 def partial_target(labels: np.ndarray, num_labels: int, annotated: tuple[int, ...] | None,
                    honour: bool = True) -> np.ndarray:
     """One-hot ``(..., num_labels)`` target; unannotated organs' channels are :data:`UNKNOWN`.
 
+    Label values from :func:`with_pseudo` (``PSEUDO_CODE + p``) are label-0 voxels whose unknown
+    organs' channels say :data:`PSEUDO_PRESENT` (organ ``p``) or :data:`PSEUDO_ABSENT` (the others)
+    instead of :data:`UNKNOWN`: the channel stays unknown to every loss but ``partial_mode="self"``'s
+    cross-entropy, which reads them as targets.
+
     ``honour=False`` is the naive baseline: unannotated organs are plain background (channel 0).
     """
-    labels = keep_annotated(labels, annotated)
+    coded = labels >= PSEUDO_CODE
+    pseudo = np.where(coded, labels.astype(np.int32) - PSEUDO_CODE, -1) if coded.any() else None
+    labels = keep_annotated(np.where(coded, 0, labels).astype(labels.dtype) if pseudo is not None else labels,
+                            annotated)
     target = (labels[..., None] == np.arange(num_labels)).astype(np.float32)
     if honour and annotated is not None:
         for organ in range(1, num_labels):
             if organ not in annotated:
                 target[..., organ] = UNKNOWN
+                if pseudo is not None:
+                    target[..., organ][pseudo >= 0] = PSEUDO_ABSENT
+                    target[..., organ][pseudo == organ] = PSEUDO_PRESENT
     return target
 
 
@@ -238,20 +272,28 @@ def self_target_sigmoid_cross_entropy(y_true, logits):
     """``partial_mode="self"``: mean binary cross-entropy per label where each label's answer is known.
 
     Annotated channels: as the paper. An unknown organ's channel: target 0 on the annotated organs'
-    voxels, nothing elsewhere. Background: target 0 on annotated organs' voxels; on a label-0 voxel
-    the target ``t = prod_unknown (1 - stop_gradient(p_u))``, as ``BCE(t, x) - H(t)`` (the KL
-    divergence: 0 when the background agrees with the organ channels, and the same gradient).
+    voxels, its confident pseudo-label where it has one (:func:`partial_target`), nothing elsewhere.
+    Background: target 0 on annotated organs' voxels; on a label-0 voxel the target
+    ``t = prod_unknown (1 - q_u)``, ``q_u`` the pseudo-label where there is one and
+    ``stop_gradient(p_u)`` elsewhere, as ``BCE(t, x) - H(t)`` (the KL divergence: 0 when the
+    background agrees, and the same gradient).
     With every organ annotated this is :func:`flare_seg.training.losses.sigmoid_cross_entropy`."""
     known = known_channels(y_true)
     k = known[:, None, None, None, :]
-    z = ops.maximum(ops.cast(y_true, "float32"), 0.0)
+    y = ops.cast(y_true, "float32")
+    z = ops.maximum(y, 0.0)
     x = ops.cast(logits, "float32")
-    p_unknown = ops.stop_gradient(ops.sigmoid(x[..., 1:])) * (1.0 - k[..., 1:])
+    unknown = 1.0 - k[..., 1:]
+    pseudo_known = ops.cast(ops.less(y[..., 1:], 0.5 * (UNKNOWN + PSEUDO_ABSENT)), "float32") * unknown
+    pseudo_present = ops.cast(ops.less(y[..., 1:], 0.5 * (PSEUDO_ABSENT + PSEUDO_PRESENT)), "float32") * unknown
+    belief = ops.stop_gradient(ops.sigmoid(x[..., 1:]))
+    p_unknown = (pseudo_known * pseudo_present + (1.0 - pseudo_known) * belief) * unknown
     free = ops.prod(1.0 - p_unknown, axis=-1, keepdims=True)
     t_bg = z[..., :1] * free
-    target = ops.concatenate([t_bg, z[..., 1:] * k[..., 1:]], axis=-1)
+    target = ops.concatenate([t_bg, z[..., 1:] * k[..., 1:] + pseudo_present], axis=-1)
     on_annotated_organ = ops.sum(z[..., 1:] * k[..., 1:], axis=-1, keepdims=True)
-    weight = ops.concatenate([ops.ones_like(t_bg), k[..., 1:] + (1.0 - k[..., 1:]) * on_annotated_organ], axis=-1)
+    told = ops.maximum(on_annotated_organ, pseudo_known)
+    weight = ops.concatenate([ops.ones_like(t_bg), k[..., 1:] + unknown * told], axis=-1)
     bce = ops.relu(x) - x * target + ops.log1p(ops.exp(-ops.abs(x)))
     t = ops.clip(t_bg, 1e-7, 1.0 - 1e-7)
     entropy = ops.where(ops.logical_and(ops.greater(t_bg, 0.0), ops.less(t_bg, 1.0)),

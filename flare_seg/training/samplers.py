@@ -16,7 +16,7 @@ from flare_seg import anatomical
 from flare_seg.config import LocalizerConfig, SegmenterConfig, TrainConfig
 from flare_seg.training import augment
 from flare_seg.training.data import LocSampler, SegSampler, TrainCase
-from flare_seg.training.partial import keep_annotated, partial_target
+from flare_seg.training.partial import keep_annotated, partial_target, with_pseudo
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,21 @@ class PartialSegSampler(SegSampler):
                         "give --partial-roi-localizer DIR to train them in a localizer's box", boxed_alone)
         self.anatomical = config.anatomical_attention
         self._distance: dict[int, np.ndarray] = {}
+        self._coded: dict[int, np.ndarray] = {}
+        with_pseudo_labels = sum(case.pseudo is not None for case in cases)
+        if with_pseudo_labels and train.partial_mode != "self":
+            log.warning("%d case(s) carry pseudo-labels, which only partial_mode='self' reads; they are ignored",
+                        with_pseudo_labels)
+
+    def label_source(self, case_index):
+        """The case's labels, with its confident pseudo-labels coded in (:func:`with_pseudo`) when
+        it has them and ``partial_mode="self"`` reads them (the other modes would ignore them)."""
+        case = self.cases[case_index]
+        if case.pseudo is None or self.train.partial_mode != "self" or not self.train.partial_labels:
+            return super().label_source(case_index)
+        if case_index not in self._coded:
+            self._coded[case_index] = with_pseudo(case.labels, case.pseudo, case.annotated)
+        return self._coded[case_index], np.zeros(3, np.float32)
 
     def case_target(self, labels, case_index):
         return partial_target(labels, self.num_labels, self.cases[case_index].annotated, self.train.partial_labels)
