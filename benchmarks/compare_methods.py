@@ -665,7 +665,7 @@ def render(args) -> int:
                 reference = results.get("settings", {}).get(key, section_settings)
                 named = {}
                 for name, row in rows.items():
-                    name = distinct_row_name(name, section_settings, reference,
+                    name = distinct_row_name(banded_name(name, row), section_settings, reference,
                                              [*results.get(key, {}), *named], folder.name)
                     named[name] = {**row, "settings": section_settings}
                 rows = named
@@ -691,6 +691,13 @@ def _order_index(name: str, order: list[str]) -> int:
     matches = [i for i, (row, base) in enumerate(zip(order, bases, strict=True))
                if name == row or name.startswith((f"{base},", f"{base} ["))]
     return max(matches, key=lambda i: len(bases[i])) if matches else len(order)
+
+
+def banded_name(name: str, row: dict) -> str:
+    """A ``self_box_confident`` row's name with its pseudo-labels' unsure band (``--pseudo-margin-mm``,
+    stored with their quality), so rows of two bands stay apart."""
+    margin = (row.get("pseudo_labels") or {}).get("margin_mm")
+    return f"{name}, {margin:g} mm band" if margin is not None and not name.endswith(" mm band") else name
 
 
 def distinct_row_name(name: str, row_settings: dict, reference: dict, taken, folder: str) -> str:

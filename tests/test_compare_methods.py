@@ -470,6 +470,26 @@ def test_the_confident_label_row_trains_self_then_self_again_with_its_pseudo_lab
     assert (run / "model.weights.h5").exists()
 
 
+def test_confident_rows_of_two_bands_render_apart(tmp_path):
+    """Two ``self_box_confident`` runs that differ only in ``--pseudo-margin-mm`` keep one row each,
+    named by their band; other rows' names are untouched."""
+    name = compare_methods.partial_row_name("self_box_confident", False, 1.0)
+    folders = []
+    for margin, dsc in ((8.0, 0.7), (4.0, 0.6)):
+        folder = tmp_path / f"m{margin:g}"
+        folder.mkdir()
+        (folder / "settings.json").write_text(json.dumps({**_settings(12000), "clipnorm": 1.0}))
+        (folder / "partial_so_far.json").write_text(json.dumps(
+            {name: {"scores": {"phantoms": [_case(dsc, 0)]}, "pseudo_labels": {"margin_mm": margin}}}))
+        folders.append(folder)
+    doc = tmp_path / "comparison.md"
+    assert compare_methods.main(["--out", str(folders[0]), "--render", str(folders[1]), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert f"| {name}, 8 mm band | 0.700 |" in text and f"| {name}, 4 mm band | 0.600 |" in text
+    assert compare_methods.banded_name("x", {"pseudo_labels": {"labelled_dsc": 0.4}}) == "x"
+    assert compare_methods.banded_name("x, 8 mm band", {"pseudo_labels": {"margin_mm": 8.0}}) == "x, 8 mm band"
+
+
 def test_paired_gap_to_the_fully_labelled_row_of_the_same_settings():
     """Hand-worked: per-phantom gaps 0.2 and 0.4 give a gap of 0.3 with SE std([0.2, 0.4], ddof=1) /
     sqrt(2) = 0.1; a row of other settings, or scored on other phantoms, gets no partner."""
