@@ -518,8 +518,10 @@ def confident_pseudo_labelled(parts, segmenter, margin_mm: float) -> tuple[list,
     "none" answers (only its confident organ cores), since the missing organ lies somewhere in it.
 
     Returns the cases and the pseudo-labels' quality against the phantoms' full labels, over the
-    label-0 voxels of all cases: ``confident`` (share with an answer), ``organ_precision`` (answers
-    naming an organ that are right), ``organ_recall`` (unknown organs' voxels named so) and
+    voxels off the annotated organ in all cases (the whole cached case, not only the box it trains
+    in, so ``confident`` counts much air and body far from the organs): ``confident`` (share with
+    an answer), ``organ_precision`` (answers naming an organ that are right), ``organ_recall``
+    (unknown organs' voxels named so) and
     ``organ_called_none`` (unknown organs' voxels wrongly answered "none": what trains a miss)."""
     import dataclasses
 
@@ -570,7 +572,8 @@ def confident_label_row(args, config, parts) -> tuple[Path, dict]:
     """The ``self_box_confident`` row: ``self`` mode for half the steps (``round1/``), then that
     model's EMA weights give its training phantoms confident pseudo-labels of their unknown organs
     (:func:`confident_pseudo_labelled`) and the network, starting from those weights, trains the
-    other half in ``self`` mode with them (``round2/``): the unknown organs' channels learn from the
+    other half in ``self`` mode with them (``round2_<band>mm/``, one per ``--pseudo-margin-mm``;
+    round 1 is shared): the unknown organs' channels learn from the
     confident voxels, the unsure band around each predicted boundary stays unknown."""
     half = args.steps // 2
     folder = args.out / "partial_self_box_confident"
@@ -580,8 +583,9 @@ def confident_label_row(args, config, parts) -> tuple[Path, dict]:
              "%.3f, recall %.3f, unknown-organ voxels called none %.3f", args.pseudo_margin_mm,
              100 * quality["confident"], quality["organ_precision"], quality["organ_recall"],
              quality["organ_called_none"])
-    second = train_row(folder / "round2", config, cases, args, init_weights=first / "model.weights.h5",
-                       steps=args.steps - half, validate_every=args.steps - half, partial_mode="self")
+    second = train_row(folder / f"round2_{args.pseudo_margin_mm:g}mm", config, cases, args,
+                       init_weights=first / "model.weights.h5", steps=args.steps - half,
+                       validate_every=args.steps - half, partial_mode="self")
     return second, {"pseudo_labels": quality}
 
 
@@ -604,6 +608,7 @@ def run_partial(args, train, held, scn_full: Path) -> dict:
         else:
             folder, changes = PARTIAL_RUNS[key]
             run = train_row(args.out / folder, config, parts, args, **changes)
+        name = banded_name(name, extra)  # rows of two bands in one --out keep one entry each
         segmenter = segmenter_for(run)  # loaded once for both scorings
         out[name] = {"scores": {"phantoms": evaluate_row(run, held, segmenter, real=False)["phantoms"]}, **extra}
         if args.score_train and key != "full":

@@ -463,7 +463,7 @@ def test_the_confident_label_row_trains_self_then_self_again_with_its_pseudo_lab
     first, second = calls
     assert first[0].name == "round1" and first[3] == {"steps": 1, "validate_every": 1, "partial_mode": "self"}
     assert all(p is None for _, p in first[1]) and first[2] is None
-    assert second[0] == run and run.name == "round2" and second[2] == first[0] / "model.weights.h5"
+    assert second[0] == run and run.name == "round2_8mm" and second[2] == first[0] / "model.weights.h5"
     assert second[3] == {"steps": 1, "validate_every": 1, "partial_mode": "self"}
     assert [a for a, _ in second[1]] == [(1,), (1,)] and all(p is not None for _, p in second[1])
     assert extra["pseudo_labels"]["organ_precision"] == 1.0 and extra["pseudo_labels"]["organ_called_none"] == 0.0

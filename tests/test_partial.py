@@ -285,6 +285,31 @@ def test_self_mode_reads_confident_pseudo_labels_hand_worked():
                                [(kl + np.log(2) + v1) / 6], rtol=1e-5)
 
 
+def test_self_mode_pseudo_labels_of_two_unknown_organs_hand_worked():
+    """Two unknown organs on three label-0 voxels: one present and one absent (background target 0),
+    both absent (background target 1), and one absent with the other unsure (background target
+    ``1 * (1 - 0.8)`` as KL, the unsure organ untouched). Channels: background, the annotated organ,
+    unknown 1, unknown 2."""
+    P, A, U = partial.PSEUDO_PRESENT, partial.PSEUDO_ABSENT, partial.UNKNOWN
+    y = np.zeros((1, 1, 1, 3, 4), "float32")
+    y[..., 0] = 1
+    y[0, 0, 0, :, 2] = [P, A, A]
+    y[0, 0, 0, :, 3] = [A, A, U]
+    logits = np.broadcast_to(_logit(np.array([0.9, 0.5, 0.5, 0.8])), y.shape).copy()
+    ln2 = np.log(2)
+    v0 = -np.log(0.1) + ln2 + ln2 - np.log(0.2)
+    v1 = -np.log(0.9) + ln2 + ln2 - np.log(0.2)
+    v2 = 0.2 * np.log(0.2 / 0.9) + 0.8 * np.log(0.8 / 0.1) + ln2 + ln2
+    np.testing.assert_allclose(_np(partial.self_target_sigmoid_cross_entropy(y, logits)), [(v0 + v1 + v2) / 12],
+                               rtol=1e-5)
+
+
+def test_pseudo_labels_outside_the_organ_values_are_refused():
+    labels = np.zeros((1, 1, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"pseudo-labels hold \[7, 241\]"):
+        partial.with_pseudo(labels, np.array([[[0, 7, 241]]], np.uint8), (1,))
+
+
 def test_the_segmenter_sampler_carries_pseudo_labels_in_self_mode_only():
     """The pseudo-labels follow the sample's crop (nearest neighbour, like the labels) into the
     target, in ``self`` mode; re-calibration ignores them."""

@@ -129,6 +129,10 @@ def with_pseudo(labels: np.ndarray, pseudo: np.ndarray | None, annotated: tuple[
         return labels
     if pseudo.shape != labels.shape:
         raise ValueError(f"pseudo-labels of shape {pseudo.shape} do not match labels of shape {labels.shape}")
+    bad = np.setdiff1d(np.unique(pseudo), (0, *ORGANS, PSEUDO_UNSURE))
+    if bad.size:
+        raise ValueError(f"pseudo-labels hold {bad.tolist()}; expected 0, organ labels {list(ORGANS)} or "
+                         f"{PSEUDO_UNSURE} (unsure)")
     confident = (labels == 0) & (pseudo != PSEUDO_UNSURE) & ~np.isin(pseudo, annotated)
     return np.where(confident, PSEUDO_CODE + pseudo.astype(np.int32), labels).astype(np.uint8)
 
