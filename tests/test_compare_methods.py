@@ -371,10 +371,10 @@ def test_pseudo_labels_fill_only_the_unknown_organs_on_unlabelled_voxels():
     assert out.labels[0, 0].tolist() == [1, 1, 2, 0, 0, 4] and out.annotated is None
 
 
-def test_the_pseudo_label_row_trains_self_then_from_its_weights_on_its_own_pseudo_labels(tmp_path, monkeypatch):
-    """``self_box_pseudo``: round 1 trains half the steps in ``self`` mode on the one-organ cases,
-    round 2 starts from round 1's EMA weights and trains the rest on fully annotated copies whose
-    unknown organs the round-1 model filled in; the row keeps the pseudo-labels' quality."""
+def _two_rounds(row, tmp_path, monkeypatch, seen):
+    """Run a two-round row (``pseudo_label_row`` / ``confident_label_row``) for 2 steps on two blob
+    cases, its round-1 model replaced by one that finds every organ (the pseudo-labels are the full
+    labels), recording each ``train_row`` call as ``(run, [seen(case)], init_weights, changes)``."""
     from dataclasses import replace
 
     from conftest import blob_case, tiny_configs
@@ -385,19 +385,26 @@ def test_the_pseudo_label_row_trains_self_then_from_its_weights_on_its_own_pseud
     calls, real_train_row = [], compare_methods.train_row
 
     def recording(run, config, cases, args, init_weights=None, **changes):
-        calls.append((run, [(c.annotated, c.labels.copy()) for c in cases], init_weights, changes))
+        calls.append((run, [seen(c) for c in cases], init_weights, changes))
         return real_train_row(run, config, cases, args, init_weights=init_weights, **changes)
 
-    class Truth:  # a round-1 model that finds every organ: the pseudo-labels are the full labels
+    class Truth:
         def segment(self, image, geometry):
-            case = next(c for c in parts if c.image_hu is image)
-            return type("Result", (), {"labels": case.labels})
+            return type("Result", (), {"labels": next(c for c in parts if c.image_hu is image).labels})
 
     monkeypatch.setattr(compare_methods, "train_row", recording)
     monkeypatch.setattr(compare_methods, "segmenter_for", lambda run: Truth())
     args = compare_methods.parse_args(["--steps", "2", "--crop", "32", "32", "32", "--out", str(tmp_path)])
-    run, extra = compare_methods.pseudo_label_row(args, seg, parts)
-    first, second = calls
+    run, extra = row(args, seg, parts)
+    return run, extra, calls, parts
+
+
+def test_the_pseudo_label_row_trains_self_then_from_its_weights_on_its_own_pseudo_labels(tmp_path, monkeypatch):
+    """``self_box_pseudo``: round 1 trains half the steps in ``self`` mode on the one-organ cases,
+    round 2 starts from round 1's EMA weights and trains the rest on fully annotated copies whose
+    unknown organs the round-1 model filled in; the row keeps the pseudo-labels' quality."""
+    run, extra, (first, second), parts = _two_rounds(compare_methods.pseudo_label_row, tmp_path, monkeypatch,
+                                                     lambda c: (c.annotated, c.labels.copy()))
     assert first[0].name == "round1" and first[3] == {"steps": 1, "validate_every": 1, "partial_mode": "self"}
     assert [a for a, _ in first[1]] == [(1,), (1,)] and first[2] is None
     assert run == second[0] and second[0].name == "round2" and second[2] == first[0] / "model.weights.h5"
@@ -439,28 +446,8 @@ def test_confident_pseudo_labels_leave_a_band_around_each_predicted_boundary_uns
 def test_the_confident_label_row_trains_self_then_self_again_with_its_pseudo_labels(tmp_path, monkeypatch):
     """``self_box_confident``: round 1 is ``self`` for half the steps, round 2 starts from its EMA
     weights and trains the rest in ``self`` mode on the same one-organ cases, now carrying pseudo-labels."""
-    from dataclasses import replace
-
-    from conftest import blob_case, tiny_configs
-
-    _, seg = tiny_configs()
-    seg = replace(seg, preprocess=replace(seg.preprocess, grid=replace(seg.preprocess.grid, spacing_mm=4.0)))
-    parts = compare_methods.partial_cases([blob_case(0), blob_case(1)], all_organs_box=True)
-    calls, real_train_row = [], compare_methods.train_row
-
-    def recording(run, config, cases, args, init_weights=None, **changes):
-        calls.append((run, [(c.annotated, c.pseudo) for c in cases], init_weights, changes))
-        return real_train_row(run, config, cases, args, init_weights=init_weights, **changes)
-
-    class Truth:
-        def segment(self, image, geometry):
-            return type("Result", (), {"labels": next(c for c in parts if c.image_hu is image).labels})
-
-    monkeypatch.setattr(compare_methods, "train_row", recording)
-    monkeypatch.setattr(compare_methods, "segmenter_for", lambda run: Truth())
-    args = compare_methods.parse_args(["--steps", "2", "--crop", "32", "32", "32", "--out", str(tmp_path)])
-    run, extra = compare_methods.confident_label_row(args, seg, parts)
-    first, second = calls
+    run, extra, (first, second), _ = _two_rounds(compare_methods.confident_label_row, tmp_path, monkeypatch,
+                                                 lambda c: (c.annotated, c.pseudo))
     assert first[0].name == "round1" and first[3] == {"steps": 1, "validate_every": 1, "partial_mode": "self"}
     assert all(p is None for _, p in first[1]) and first[2] is None
     assert second[0] == run and run.name == "round2_8mm" and second[2] == first[0] / "model.weights.h5"
@@ -488,7 +475,6 @@ def test_confident_rows_of_two_bands_render_apart(tmp_path):
     assert f"| {name}, 8 mm band | 0.700 |" in text and f"| {name}, 4 mm band | 0.600 |" in text
     assert compare_methods.banded_name("x", {"pseudo_labels": {"labelled_dsc": 0.4}}) == "x"
     assert compare_methods.banded_name("x, 8 mm band", {"pseudo_labels": {"margin_mm": 8.0}}) == "x, 8 mm band"
-
 
 def test_paired_gap_to_the_fully_labelled_row_of_the_same_settings():
     """Hand-worked: per-phantom gaps 0.2 and 0.4 give a gap of 0.3 with SE std([0.2, 0.4], ddof=1) /
