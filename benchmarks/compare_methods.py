@@ -530,8 +530,8 @@ def confident_pseudo_labelled(parts, segmenter, margin_mm: float) -> tuple[list,
     from flare_seg.geometry import Geometry
     from flare_seg.training.partial import PSEUDO_UNSURE
 
-    out, tally = [], np.zeros(5, np.int64)  # label-0 voxels, confident, named right, named, truth
-    missed_wrongly = 0
+    # voxels off the annotated organ, answered, named right, named, truly an unknown organ, that called none
+    out, tally = [], np.zeros(6, np.int64)
     for case in parts:
         predicted = segmenter.segment(case.image_hu, Geometry(case.image_hu.shape, case.spacing_mm)).labels
         unknown = [o for o in range(1, len(ORGANS) + 1) if o not in (case.annotated or ())]
@@ -556,13 +556,13 @@ def confident_pseudo_labelled(parts, segmenter, margin_mm: float) -> tuple[list,
             pseudo[core & ~unsure] = organ
         out.append(dataclasses.replace(case, pseudo=pseudo))
         known = np.isin(case.labels, case.annotated or ())
-        free = ~known  # label-0 voxels of the one-organ case (the truth may hold unknown organs there)
+        free = ~known  # off the annotated organ (the truth may hold unknown organs there)
         answered = free & (pseudo != PSEUDO_UNSURE)
         named = answered & (pseudo > 0)
         truth = free & (case.labels > 0)
-        tally += [free.sum(), answered.sum(), (named & (pseudo == case.labels)).sum(), named.sum(), truth.sum()]
-        missed_wrongly += int((answered & (pseudo == 0) & truth).sum())
-    free, answered, right, named, truth = (int(v) for v in tally)
+        tally += [free.sum(), answered.sum(), (named & (pseudo == case.labels)).sum(), named.sum(), truth.sum(),
+                  (answered & (pseudo == 0) & truth).sum()]
+    free, answered, right, named, truth, missed_wrongly = (int(v) for v in tally)
     return out, {"margin_mm": float(margin_mm), "confident": answered / max(free, 1),
                  "organ_precision": right / max(named, 1), "organ_recall": right / max(truth, 1),
                  "organ_called_none": missed_wrongly / max(truth, 1), "cases": len(parts)}

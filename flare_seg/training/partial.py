@@ -150,8 +150,7 @@ def partial_target(labels: np.ndarray, num_labels: int, annotated: tuple[int, ..
     """
     coded = labels >= PSEUDO_CODE
     pseudo = np.where(coded, labels.astype(np.int32) - PSEUDO_CODE, -1) if coded.any() else None
-    labels = keep_annotated(np.where(coded, 0, labels).astype(labels.dtype) if pseudo is not None else labels,
-                            annotated)
+    labels = keep_annotated(labels, annotated)  # codes exist only where organs are unannotated: cleared too
     target = (labels[..., None] == np.arange(num_labels)).astype(np.float32)
     if honour and annotated is not None:
         for organ in range(1, num_labels):
@@ -291,7 +290,7 @@ def self_target_sigmoid_cross_entropy(y_true, logits):
     pseudo_known = ops.cast(ops.less(y[..., 1:], 0.5 * (UNKNOWN + PSEUDO_ABSENT)), "float32") * unknown
     pseudo_present = ops.cast(ops.less(y[..., 1:], 0.5 * (PSEUDO_ABSENT + PSEUDO_PRESENT)), "float32") * unknown
     belief = ops.stop_gradient(ops.sigmoid(x[..., 1:]))
-    p_unknown = (pseudo_known * pseudo_present + (1.0 - pseudo_known) * belief) * unknown
+    p_unknown = (pseudo_present + (1.0 - pseudo_known) * belief) * unknown  # present implies known
     free = ops.prod(1.0 - p_unknown, axis=-1, keepdims=True)
     t_bg = z[..., :1] * free
     target = ops.concatenate([t_bg, z[..., 1:] * k[..., 1:] + pseudo_present], axis=-1)
