@@ -315,12 +315,14 @@ def split_organ(index: int, split: str = "balanced") -> int:
     raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
 
 
-def partial_cases(cases, all_organs_box: bool = False, split: str = "balanced"):
+def partial_cases(cases, all_organs_box: bool = False, split: str = "balanced", organ_weights=None):
     """Four sets, each labelling one organ (:func:`split_organ`); the other organs unknown.
 
     ``all_organs_box``: each case's segmenter box is that of all its organs (from the phantom's full
     labels: a stand-in for the localizer's box, which is what the segmenter sees at inference),
-    not that of its one labelled organ."""
+    not that of its one labelled organ. ``organ_weights`` (liver, kidney, spleen, pancreas;
+    ``--organ-weights``): each case's sampling weight is that of the organ its set labels, so a set
+    is drawn in proportion to its weight (the sets are equal in size)."""
     import dataclasses
 
     from flare_seg.preprocess import bounding_box
@@ -328,7 +330,11 @@ def partial_cases(cases, all_organs_box: bool = False, split: str = "balanced"):
     def boxed(c):  # only when asked: a case type without the field stays usable
         return {"roi": bounding_box(c.labels > 0)} if all_organs_box else {}
 
-    return [dataclasses.replace(c, annotated=(split_organ(i, split),), **boxed(c)) for i, c in enumerate(cases)]
+    def weighted(organ):
+        return {"weight": float(organ_weights[organ - 1])} if organ_weights else {}
+
+    return [dataclasses.replace(c, annotated=(organ,), **boxed(c), **weighted(organ))
+            for c, organ in ((c, split_organ(i, split)) for i, c in enumerate(cases))]
 
 
 def parse_args(argv=None):
@@ -362,6 +368,9 @@ def parse_args(argv=None):
                    help="how the one-organ sets are drawn: balanced (each organ labelled in as many parametric "
                         "as AMOS-map phantoms) or by_index (the runs stored before stop 29: organ i %% 4 + 1, "
                         "kidney and pancreas in AMOS-map phantoms only)")
+    p.add_argument("--organ-weights", type=float, nargs=4, metavar=("LIVER", "KIDNEY", "SPLEEN", "PANCREAS"),
+                   help="partial rows: draw each one-organ set in proportion to its organ's weight (default: "
+                        "all sets equally often); the fully labelled row is not touched")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--part", choices=("methods", "partial", "all", "forward"), default="all",
                    help="forward: only the paper-size forward passes (no training), for an idle machine")
@@ -386,7 +395,8 @@ def settings(args) -> dict:
             "crop_zyx": list(args.crop), "lr": args.lr, "clipnorm": args.clipnorm, "seed": args.seed,
             "spacing_mm": args.spacing,
             "local": [args.local_levels, args.local_filters], "spatial_filters": args.spatial_filters,
-            "augment": args.augment, "split": args.split, **forward_settings(args)}
+            "augment": args.augment, "split": args.split, **forward_settings(args),
+            **({"organ_weights": list(args.organ_weights)} if args.organ_weights else {})}
 
 
 def forward_settings(args) -> dict:
@@ -462,6 +472,11 @@ def partial_row_name(key: str, augment: bool, clipnorm: float | None = None) -> 
     name = PARTIAL_ROWS[key]
     suffix = (", augmented" if augment else "") + (f", {_clipnorm_tag(clipnorm)}" if clipnorm is not None else "")
     return name.replace(SCN_ROW, "") + suffix if suffix else name
+
+
+def organ_weights_tag(weights) -> str:
+    """How a row trained with ``--organ-weights`` says so in its name."""
+    return "sets drawn " + " / ".join(f"{w:g}" for w in weights)
 
 
 def _clipnorm_tag(clipnorm: float) -> str:
@@ -597,7 +612,8 @@ def run_partial(args, train, held, scn_full: Path) -> dict:
     out = json.loads(path.read_text()) if path.exists() else {}
     for key in args.partial_rows:
         name = partial_row_name(key, args.augment, args.clipnorm)
-        parts = partial_cases(train, all_organs_box=key in ALL_ORGANS_BOX, split=args.split)
+        parts = partial_cases(train, all_organs_box=key in ALL_ORGANS_BOX, split=args.split,
+                              organ_weights=None if key == "full" else args.organ_weights)
         extra = {}
         if key == "full":
             run = scn_full
@@ -609,6 +625,8 @@ def run_partial(args, train, held, scn_full: Path) -> dict:
             folder, changes = PARTIAL_RUNS[key]
             run = train_row(args.out / folder, config, parts, args, **changes)
         name = banded_name(name, extra)  # rows of two bands in one --out keep one entry each
+        if args.organ_weights and key != "full":
+            name += f", {organ_weights_tag(args.organ_weights)}"
         segmenter = segmenter_for(run)  # loaded once for both scorings
         out[name] = {"scores": {"phantoms": evaluate_row(run, held, segmenter, real=False)["phantoms"]}, **extra}
         if args.score_train and key != "full":

@@ -80,6 +80,8 @@ class _Case:
     spacing_mm: tuple = (2.0, 2.0, 2.0)
     annotated: tuple | None = None
     pseudo: np.ndarray | None = None
+    weight: float = 1.0
+    roi: tuple | None = None
 
 
 def _settings(steps: int) -> dict:
@@ -351,6 +353,43 @@ def test_the_balanced_split_labels_each_organ_in_both_phantom_kinds(tmp_path):
     assert f"| {self_box}, 8 phantoms, sets by index | 0.500 |" in text
     assert "; one-organ sets balanced over the phantom kinds (each organ labelled in as many parametric as " \
         "AMOS-map phantoms)." in text
+
+
+def test_organ_weights_draw_each_one_organ_set_in_proportion_and_leave_the_full_row_alone(tmp_path, monkeypatch):
+    """``--organ-weights``: each one-organ case carries its organ's weight, the sampler draws the sets
+    in proportion to them, the fully labelled row trains on the cases as they are, and the weighted
+    row's name and the run's settings say so."""
+    from flare_seg.training.data import SegSampler
+
+    cases = [_Case(np.zeros((2, 2, 2)), np.ones((2, 2, 2), np.uint8)) for _ in range(8)]
+    parts = compare_methods.partial_cases(cases, organ_weights=(0.5, 1.0, 1.0, 1.5))
+    assert [(c.annotated, c.weight) for c in parts] == \
+        [((1,), 0.5), ((1,), 0.5), ((2,), 1.0), ((2,), 1.0), ((3,), 1.0), ((3,), 1.0), ((4,), 1.5), ((4,), 1.5)]
+    assert all(c.weight == 1.0 for c in compare_methods.partial_cases(cases))
+    sampler = SegSampler.__new__(SegSampler)  # only the case draw is exercised
+    sampler.cases = parts
+    rng = np.random.default_rng(0)
+    draws = np.array([compare_methods.split_organ(sampler._draw_case(rng)) for _ in range(8000)])
+    assert np.allclose([np.mean(draws == o) for o in range(1, 5)], [0.125, 0.25, 0.25, 0.375], atol=0.02)
+
+    seen = {}
+
+    def recording(run, config, cases, args, init_weights=None, **changes):
+        seen[run.name] = [c.weight for c in cases]
+        return run
+
+    monkeypatch.setattr(compare_methods, "train_row", recording)
+    monkeypatch.setattr(compare_methods, "segmenter_for", lambda run: None)
+    monkeypatch.setattr(compare_methods, "evaluate_row", lambda *a, **k: {"phantoms": [_case(0.5, 0)]})
+    monkeypatch.setattr(compare_methods, "trained_config", lambda args: None)
+    args = compare_methods.parse_args(["--out", str(tmp_path), "--partial-rows", "full", "self_box",
+                                       "--organ-weights", "0.5", "1", "1", "1.5"])
+    rows = compare_methods.run_partial(args, cases, [], tmp_path / "full_run")
+    assert seen == {"partial_self_box": [0.5, 0.5, 1.0, 1.0, 1.0, 1.0, 1.5, 1.5]}  # the full run is given, not trained
+    weighted = compare_methods.PARTIAL_ROWS["self_box"] + ", sets drawn 0.5 / 1 / 1 / 1.5"
+    assert set(rows) == {compare_methods.PARTIAL_ROWS["full"], weighted}
+    assert compare_methods.settings(args)["organ_weights"] == [0.5, 1.0, 1.0, 1.5]
+    assert "organ_weights" not in compare_methods.settings(compare_methods.parse_args([]))
 
 
 def test_pseudo_labels_fill_only_the_unknown_organs_on_unlabelled_voxels():
