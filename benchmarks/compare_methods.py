@@ -386,7 +386,11 @@ def parse_args(argv=None):
     p.add_argument("--forward-again", action="store_true",
                    help="with --render: measure every row's forward pass again now (on an idle machine) and "
                         "store it back in the folder the row came from")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.organ_weights and (min(args.organ_weights) < 0 or sum(args.organ_weights) <= 0):
+        p.error(f"--organ-weights {' '.join(f'{w:g}' for w in args.organ_weights)}: expected weights >= 0 "
+                "with a positive sum")
+    return args
 
 
 def settings(args) -> dict:

@@ -390,6 +390,9 @@ def test_organ_weights_draw_each_one_organ_set_in_proportion_and_leave_the_full_
     assert set(rows) == {compare_methods.PARTIAL_ROWS["full"], weighted}
     assert compare_methods.settings(args)["organ_weights"] == [0.5, 1.0, 1.0, 1.5]
     assert "organ_weights" not in compare_methods.settings(compare_methods.parse_args([]))
+    for bad in (["0", "0", "0", "0"], ["1", "-1", "1", "1"]):
+        with pytest.raises(SystemExit):
+            compare_methods.parse_args(["--organ-weights", *bad])
 
 
 def test_pseudo_labels_fill_only_the_unknown_organs_on_unlabelled_voxels():
