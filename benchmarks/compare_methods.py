@@ -330,11 +330,12 @@ def partial_cases(cases, all_organs_box: bool = False, split: str = "balanced", 
     def boxed(c):  # only when asked: a case type without the field stays usable
         return {"roi": bounding_box(c.labels > 0)} if all_organs_box else {}
 
-    def weighted(organ):
-        return {"weight": float(organ_weights[organ - 1])} if organ_weights else {}
+    def one_organ(i, c):
+        organ = split_organ(i, split)
+        weighted = {"weight": float(organ_weights[organ - 1])} if organ_weights else {}
+        return dataclasses.replace(c, annotated=(organ,), **boxed(c), **weighted)
 
-    return [dataclasses.replace(c, annotated=(organ,), **boxed(c), **weighted(organ))
-            for c, organ in ((c, split_organ(i, split)) for i, c in enumerate(cases))]
+    return [one_organ(i, c) for i, c in enumerate(cases)]
 
 
 def parse_args(argv=None):
@@ -616,8 +617,8 @@ def run_partial(args, train, held, scn_full: Path) -> dict:
     out = json.loads(path.read_text()) if path.exists() else {}
     for key in args.partial_rows:
         name = partial_row_name(key, args.augment, args.clipnorm)
-        parts = partial_cases(train, all_organs_box=key in ALL_ORGANS_BOX, split=args.split,
-                              organ_weights=None if key == "full" else args.organ_weights)
+        weights = None if key == "full" else args.organ_weights  # the fully labelled row is drawn as it is
+        parts = partial_cases(train, all_organs_box=key in ALL_ORGANS_BOX, split=args.split, organ_weights=weights)
         extra = {}
         if key == "full":
             run = scn_full
@@ -629,8 +630,8 @@ def run_partial(args, train, held, scn_full: Path) -> dict:
             folder, changes = PARTIAL_RUNS[key]
             run = train_row(args.out / folder, config, parts, args, **changes)
         name = banded_name(name, extra)  # rows of two bands in one --out keep one entry each
-        if args.organ_weights and key != "full":
-            name += f", {organ_weights_tag(args.organ_weights)}"
+        if weights:
+            name += f", {organ_weights_tag(weights)}"
         segmenter = segmenter_for(run)  # loaded once for both scorings
         out[name] = {"scores": {"phantoms": evaluate_row(run, held, segmenter, real=False)["phantoms"]}, **extra}
         if args.score_train and key != "full":
